@@ -1,0 +1,10 @@
+"""Low-bit matmul backends behind one interface.
+
+Kernels know the packed storage format (``vla_ttq.quant.packing``) but neither the model nor
+how D was chosen: they compute ``y = (x / s) @ dequant(W_q)ᵀ + (x Aᵀ) Bᵀ + bias`` and the online
+``quantize_pack`` step. ``reference`` is plain torch (CPU and GPU) and defines the semantics.
+"""
+
+from .dispatch import available_backends, quant_matmul, quantize_pack, select_backend
+
+__all__ = ["available_backends", "quant_matmul", "quantize_pack", "select_backend"]

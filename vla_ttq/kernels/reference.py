@@ -1,0 +1,42 @@
+"""The torch reference backend: dequantize then matmul. Defines what every backend must compute."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..quant.groupwise import quantize_groupwise
+from ..quant.packing import PackedWeight
+
+
+def quantize_pack(
+    w: torch.Tensor,
+    col_scale: torch.Tensor | None,
+    bits: int,
+    group: int,
+    symmetric: bool = False,
+    nu: float = 1.0,
+    scale_dtype: torch.dtype = torch.float16,
+) -> PackedWeight:
+    """Pack ``Q[w * col_scale]`` (the online TTQ step, or the offline one of RTN/AWQ)."""
+    wf = w.float() if col_scale is None else w.float() * col_scale
+    return PackedWeight.from_quantized(quantize_groupwise(wf, bits, group, symmetric, nu, check=False), scale_dtype)
+
+
+def effective_weight(packed: PackedWeight, col_scale: torch.Tensor | None) -> torch.Tensor:
+    w = packed.dequantize()
+    return w if col_scale is None else w / col_scale
+
+
+def quant_matmul(
+    x: torch.Tensor,
+    packed: PackedWeight,
+    col_scale: torch.Tensor | None = None,
+    lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    y = F.linear(x, effective_weight(packed, col_scale).to(x.dtype), bias)
+    if lowrank is not None:
+        b, a = lowrank
+        y = y + F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
+    return y

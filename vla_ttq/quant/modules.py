@@ -1,0 +1,129 @@
+"""``nn.Module`` replacements for ``nn.Linear``: static packed (RTN/AWQ) and test-time (TTQ)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import kernels
+from .groupwise import check_finite, check_group
+from .methods import lowrank_factors
+from .packing import SCALE_DTYPES, PackedWeight
+from .scaling import channel_stat, column_scale
+
+
+class QuantLinear(nn.Module):
+    """A linear layer whose weight lives only as packed low-bit codes (+ per-group S, Z).
+
+    For AWQ a per-input-channel ``col_scale`` s is kept too: y = (x / s) · Q[W s]ᵀ.
+    """
+
+    def __init__(self, packed: PackedWeight, col_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                 backend: str = "auto", name: str | None = None):
+        super().__init__()
+        self.out_features, self.in_features = packed.shape
+        self.bits, self.group, self.name = packed.bits, packed.group, name
+        self.register_buffer("qdata", packed.data)
+        self.register_buffer("qscale", packed.scale)
+        self.register_buffer("qzero", packed.zero)
+        self.register_buffer("col_scale", col_scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.backend_override = backend
+
+    @property
+    def packed(self) -> PackedWeight:
+        return PackedWeight(self.qdata, self.qscale, self.qzero, self.bits, self.group,
+                            (self.out_features, self.in_features))
+
+    @property
+    def weight_nbytes(self) -> int:
+        return self.packed.nbytes + (0 if self.col_scale is None else self.col_scale.numel() * self.col_scale.element_size())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = kernels.select_backend(x.device, self.bits, self.group, self.backend_override)
+        return kernels.quant_matmul(x, self.packed, self.col_scale, None, self.bias, backend=backend)
+
+    def extra_repr(self) -> str:
+        awq = "" if self.col_scale is None else ", activation-scaled"
+        return f"{self.in_features}->{self.out_features}, {self.bits}-bit g{self.group}{awq}"
+
+
+class TTQLinear(nn.Module):
+    """Test-time quantized linear: keeps W, re-quantizes from each incoming activation.
+
+    forward(x): s = D(x)^½ per input channel, y = (x/s)·Q[(W - BA) s]ᵀ + (x Aᵀ) Bᵀ + bias.
+    With ``recompute="episode"`` the first call after :meth:`reset` calibrates and the
+    quantized weight is reused until the next reset (one cache entry per batch slot when
+    ``stats_scope="sample"``).
+    """
+
+    def __init__(self, linear: nn.Linear, cfg, name: str | None = None):
+        super().__init__()
+        check_group(tuple(linear.weight.shape), cfg.group, name)
+        check_finite(linear.weight, "weight", name)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.cfg, self.name = cfg, name
+        self.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        if cfg.rank:
+            b, a = lowrank_factors(linear.weight, cfg.rank)
+            self.register_buffer("lr_b", b.to(linear.weight.dtype))
+            self.register_buffer("lr_a", a.to(linear.weight.dtype))
+        else:
+            self.lr_b = self.lr_a = None
+        self._cache: dict[int, tuple[PackedWeight, torch.Tensor]] = {}
+        self.calibrations = 0  # how many times D was computed and W re-quantized
+
+    @property
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.lr_b is None else (self.lr_b, self.lr_a)
+
+    def reset(self) -> None:
+        """Forget the episode calibration; the next call re-calibrates (recompute='episode')."""
+        self._cache.clear()
+
+    def residual_weight(self) -> torch.Tensor:
+        if self.lr_b is None:
+            return self.weight
+        return self.weight.float() - self.lr_b.float() @ self.lr_a.float()
+
+    def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.check_finite:
+            check_finite(x, "activation", self.name)
+        s = column_scale(channel_stat(x, cfg.p), cfg.lam, cfg.alpha)
+        packed = kernels.quantize_pack(self.residual_weight(), s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
+                                       SCALE_DTYPES[cfg.scale_dtype], backend=backend)
+        self.calibrations += 1
+        return packed, s
+
+    def _forward_one(self, x: torch.Tensor, slot: int, backend: str) -> torch.Tensor:
+        if self.cfg.recompute == "episode":
+            if slot not in self._cache:
+                self._cache[slot] = self._calibrate(x, backend)
+            packed, s = self._cache[slot]
+        else:
+            packed, s = self._calibrate(x, backend)
+        return kernels.quant_matmul(x, packed, s, self.lowrank, self.bias, backend=backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = kernels.select_backend(x.device, self.cfg.bits, self.cfg.group, self.cfg.backend)
+        if self.cfg.stats_scope == "sample" and x.dim() >= 3 and x.shape[0] > 1:
+            return torch.stack([self._forward_one(x[i], i, backend) for i in range(x.shape[0])])
+        return self._forward_one(x, 0, backend)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"{self.in_features}->{self.out_features}, TTQ {c.bits}-bit g{c.group} r={c.rank} "
+                f"p={c.p} α={c.alpha} λ={c.lam} recompute={c.recompute}")
+
+
+def dense_effective_weight(module: nn.Module) -> torch.Tensor:
+    """The float32 weight a static quantized module applies (for tests and reports)."""
+    if isinstance(module, QuantLinear):
+        w = module.packed.dequantize()
+        return w if module.col_scale is None else w / module.col_scale
+    if isinstance(module, nn.Linear):
+        return module.weight.float()
+    raise TypeError(f"no static effective weight for {type(module).__name__}")
+
