@@ -20,7 +20,7 @@ def quantize_pack(
 ) -> PackedWeight:
     """Pack ``Q[w * col_scale]`` (the online TTQ step, or the offline one of RTN/AWQ)."""
     wf = w.float() if col_scale is None else w.float() * col_scale
-    return PackedWeight.from_quantized(quantize_groupwise(wf, bits, group, symmetric, nu, check=False), scale_dtype)
+    return PackedWeight.from_quantized(quantize_groupwise(wf, bits, group, symmetric, nu, check=False, param_dtype=scale_dtype), scale_dtype)
 
 
 def effective_weight(packed: PackedWeight, col_scale: torch.Tensor | None) -> torch.Tensor:

@@ -70,8 +70,9 @@ def _static(linear: nn.Linear, cfg: QuantConfig, name: str, col_scale: torch.Ten
     if col_scale is not None:
         col_scale = col_scale.to(w.device)
         w = w * col_scale
-    q = quantize_groupwise(w, cfg.bits, cfg.group, cfg.symmetric, cfg.nu, name=name)
-    packed = PackedWeight.from_quantized(q, SCALE_DTYPES[cfg.scale_dtype])
+    dtype = SCALE_DTYPES[cfg.scale_dtype]
+    q = quantize_groupwise(w, cfg.bits, cfg.group, cfg.symmetric, cfg.nu, name=name, param_dtype=dtype)
+    packed = PackedWeight.from_quantized(q, dtype)
     return QuantLinear(packed, col_scale, linear.bias, backend=cfg.backend, name=name)
 
 

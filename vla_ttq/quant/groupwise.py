@@ -64,9 +64,14 @@ def check_finite(t: torch.Tensor, what: str, name: str | None = None) -> None:
 
 
 def group_params(
-    wg: torch.Tensor, bits: int, symmetric: bool = False, nu: float = 1.0
+    wg: torch.Tensor, bits: int, symmetric: bool = False, nu: float = 1.0,
+    param_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero-point for grouped float32 weights ``wg`` of shape (..., group)."""
+    """Scale and zero-point for grouped float32 weights ``wg`` of shape (..., group).
+
+    They are rounded to ``param_dtype`` (how they will be stored) before the codes are chosen,
+    so the codes are the nearest ones for the parameters actually kept.
+    """
     qmax = 2**bits - 1
     if symmetric:
         amax = wg.abs().amax(dim=-1, keepdim=True)
@@ -82,6 +87,10 @@ def group_params(
     tiny = torch.finfo(torch.float32).tiny
     floor = torch.clamp(wmax.abs().maximum(wmin.abs()) * 2**-20, min=tiny)
     scale = torch.where(scale > 0, scale, floor)
+    if param_dtype != torch.float32:
+        scale = scale.to(param_dtype).float()
+        scale = torch.where(scale > 0, scale, torch.finfo(param_dtype).smallest_normal)  # fp16 underflow
+        wmin = wmin.to(param_dtype).float()
     return scale, wmin
 
 
@@ -93,8 +102,12 @@ def quantize_groupwise(
     nu: float = 1.0,
     name: str | None = None,
     check: bool = True,
+    param_dtype: torch.dtype = torch.float32,
 ) -> GroupQuantized:
-    """Quantize a 2-D weight groupwise along its input dimension (rows of ``group`` columns)."""
+    """Quantize a 2-D weight groupwise along its input dimension (rows of ``group`` columns).
+
+    ``param_dtype`` is the dtype S and Z will be stored in (see :func:`group_params`).
+    """
     check_bits(bits)
     check_group(tuple(w.shape), group, name)
     if nu <= 0:
@@ -103,7 +116,7 @@ def quantize_groupwise(
         check_finite(w, "weight", name)
     rows, cols = w.shape
     wg = w.detach().float().reshape(rows, cols // group, group)
-    scale, zero = group_params(wg, bits, symmetric, nu)
+    scale, zero = group_params(wg, bits, symmetric, nu, param_dtype)
     codes = torch.clamp(torch.round((wg - zero) / scale), 0, 2**bits - 1)
     return GroupQuantized(
         codes=codes.to(torch.uint8).reshape(rows, cols),
