@@ -36,6 +36,8 @@ class DoublePolicy:
         quantize_(self.model, cfg)
         self.delay_s = delay_s
         self.resets = 0
+        self.calls = 0
+        self.active = self.max_active = 0  # to check that the server never runs two requests at once
         self.metadata = {"policy_id": "test-double", "action_dim": ACTION_DIM, "chunk_size": CHUNK,
                          "quant": {"method": "ttq", "bits": 3}}
 
@@ -47,13 +49,19 @@ class DoublePolicy:
 
     @torch.no_grad()
     def infer(self, obs: dict) -> dict:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        x = self.features(obs)
-        if "refuse" in obs["prompt"]:
-            raise ValueError("this policy refuses prompts containing 'refuse'")
-        actions = self.model(x[None])[0].reshape(CHUNK, ACTION_DIM)
-        return {"actions": actions.numpy().astype(np.float32)}
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            x = self.features(obs)
+            if "refuse" in obs["prompt"]:
+                raise ValueError("this policy refuses prompts containing 'refuse'")
+            actions = self.model(x[None])[0].reshape(CHUNK, ACTION_DIM)
+            self.calls += 1
+            return {"actions": actions.numpy().astype(np.float32)}
+        finally:
+            self.active -= 1
 
     def infer_batch(self, observations: list[dict]) -> list[dict]:
         return [self.infer(o) for o in observations]
@@ -63,11 +71,6 @@ class DoublePolicy:
         reset_ttq(self.model)
 
 
-def make_obs(seed: int, prompt: str = "pick up the bowl", side: int = 32) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "observation/image": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
-        "observation/wrist_image": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
-        "observation/state": rng.normal(size=8).astype(np.float32),
-        "prompt": prompt,
-    }
+def slow_policy() -> DoublePolicy:
+    """Factory for ``python -m vla_ttq.serve --factory serve_double:slow_policy`` (shutdown test)."""
+    return DoublePolicy(delay_s=1.5)

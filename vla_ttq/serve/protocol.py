@@ -114,7 +114,8 @@ def _check_state(key: str, value: Any, spec: ObservationSpec) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(value))
     if bad.size:
         raise _bad(f"'{key}' contains NaN or inf at index {bad.tolist()}")
-    state = value.astype(np.float32)
+    with np.errstate(over="ignore"):
+        state = value.astype(np.float32)
     if not np.isfinite(state).all():  # finite float64 can still overflow float32
         raise _bad(f"'{key}' has values outside the float32 range")
     return state

@@ -11,16 +11,14 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn as nn
-
-from ..quant import load_ttq_state, ttq_state
-
 _MODEL_ATTRS = ("model", "module", "net", "policy")
 
 
-def find_torch_module(policy: Any) -> nn.Module | None:
+def find_torch_module(policy: Any):
     """The ``nn.Module`` that holds the policy's layers: the policy itself, a well-known
     attribute (``model``, ...), or the only ``nn.Module`` among its attributes."""
+    import torch.nn as nn  # here, so that clients importing vla_ttq.serve need no torch
+
     if isinstance(policy, nn.Module):
         return policy
     for name in _MODEL_ATTRS:
@@ -42,9 +40,13 @@ class EpisodeStateAccess:
         return self.module is not None
 
     def capture(self) -> dict[str, dict] | None:
+        from ..quant import ttq_state
+
         return None if self.module is None else ttq_state(self.module)
 
     def restore(self, state: dict[str, dict] | None) -> None:
+        from ..quant import load_ttq_state
+
         if self.module is not None:
             load_ttq_state(self.module, state or {})
 
