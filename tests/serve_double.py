@@ -1,8 +1,8 @@
 """A minimal object implementing the policy contract, for the server's PROTOCOL tests only.
 
 It is a real (tiny) torch model whose linears are real TTQ layers (``recompute="episode"``), so an
-episode's first observation calibrates the quantizer and later outputs depend on it: exactly the
-state that must never leak between clients. End-to-end tests use the real tiny pi0.5 instead.
+episode's first observation calibrates the quantizer and later outputs depend on it, plus a seeded
+noise generator: exactly the state that must never leak between clients. End-to-end tests use the real tiny pi0.5 instead.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class DoublePolicy:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         cfg = QuantConfig(method="ttq", bits=3, group=16, recompute=recompute)
         quantize_(self.model, cfg)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # like pi0.5's flow-matching noise
         self.delay_s = delay_s
         self.resets = 0
         self.calls = 0
@@ -57,7 +58,8 @@ class DoublePolicy:
             x = self.features(obs)
             if "refuse" in obs["prompt"]:
                 raise ValueError("this policy refuses prompts containing 'refuse'")
-            actions = self.model(x[None])[0].reshape(CHUNK, ACTION_DIM)
+            noise = 0.01 * torch.randn(CHUNK * ACTION_DIM, generator=self.generator)
+            actions = (self.model(x[None])[0] + noise).reshape(CHUNK, ACTION_DIM)
             self.calls += 1
             return {"actions": actions.numpy().astype(np.float32)}
         finally:

@@ -102,9 +102,8 @@ def test_fuzz_and_load_on_loopback():
     assert health["counts"]["bad_message"] + health["counts"]["invalid_observation"] == n_bad
     assert policy.max_active == 1
     # every client's answers equal its own fresh episode, replayed locally
-    ref = DoublePolicy()
     for seed, (sent, answered) in results.items():
-        ref.reset()
+        ref = DoublePolicy()  # the client's own freshly loaded policy
         for obs, got in zip(sent, answered):
             np.testing.assert_array_equal(got, ref.infer(obs)["actions"])
     assert time.monotonic() - t0 < TIME_LIMIT_S

@@ -42,13 +42,18 @@ def served():
         st.stop()
 
 
-def reference(seq_per_episode: list[list[dict]]) -> list[list[np.ndarray]]:
-    """What a fresh local policy answers, one new episode per list."""
+RESET = "reset"
+
+
+def replay(steps: list) -> list[np.ndarray]:
+    """What a client's own freshly loaded policy answers to its history (observations and RESETs)."""
     pol = DoublePolicy()
     out = []
-    for episode in seq_per_episode:
-        pol.reset()
-        out.append([pol.infer(o)["actions"] for o in episode])
+    for step in steps:
+        if step is RESET:
+            pol.reset()
+        else:
+            out.append(pol.infer(step)["actions"])
     return out
 
 
@@ -57,10 +62,10 @@ def test_openpi_client_gets_metadata_actions_and_timing(served):
     client = WebsocketClientPolicy(st.url)
     meta = client.get_server_metadata()
     assert meta["policy_id"] == "test-double" and meta["server"]["protocol"].startswith("openpi-websocket-msgpack")
-    assert meta["server"]["per_client_episode_state"] is True
+    assert meta["server"]["per_client_state"] is True
     obs = [make_obs(1), make_obs(2)]
     first, second = client.infer(obs[0]), client.infer(obs[1])
-    ref = reference([obs])[0]
+    ref = replay(obs)
     for got, want in zip((first, second), ref):
         assert got["actions"].dtype == np.float32 and got["actions"].shape == (10, 7)
         np.testing.assert_array_equal(got["actions"], want)
@@ -85,7 +90,7 @@ def test_bad_requests_get_error_replies_and_the_connection_keeps_working(served)
         assert reply["error_type"] == kind and text in reply["error"], reply
     # a good request after all that: the failed ones did not start (calibrate) the episode
     good = client.infer(make_obs(6))
-    np.testing.assert_array_equal(good["actions"], reference([[make_obs(6)]])[0][0])
+    np.testing.assert_array_equal(good["actions"], replay([make_obs(6)])[0])
     assert st.server.counts["invalid_observation"] == 3 and st.server.counts["policy_error"] == 1
 
 
@@ -97,7 +102,7 @@ def test_text_error_frames_make_openpi_client_raise(served):
     assert client.infer(make_obs(1))["actions"].shape == (10, 7)  # still connected
 
 
-def test_clients_keep_separate_ttq_episodes(served):
+def test_clients_keep_separate_ttq_episodes_and_noise(served):
     st, _ = served()
     a, b = WebsocketClientPolicy(st.url), WebsocketClientPolicy(st.url)
     seq_a = [make_obs(10, "open the drawer"), make_obs(11, "open the drawer")]
@@ -106,29 +111,29 @@ def test_clients_keep_separate_ttq_episodes(served):
     for oa, ob in zip(seq_a, seq_b):  # interleaved: A, B, A, B
         got_a.append(a.infer(oa)["actions"])
         got_b.append(b.infer(ob)["actions"])
-    ref_a, ref_b = reference([seq_a, seq_b])
-    for got, want in zip(got_a + got_b, ref_a + ref_b):
+    for got, want in zip(got_a + got_b, replay(seq_a) + replay(seq_b)):
         np.testing.assert_array_equal(got, want)
-    # the check can fail: with one shared episode, B's calls would differ
-    mixed = reference([[seq_a[0], *seq_b]])[0][1:]
-    assert not np.array_equal(mixed[0], ref_b[0])
+    # the check can fail: sharing one policy state, B's answers would be these instead
+    shared = replay([seq_a[0], seq_b[0], seq_a[1], seq_b[1]])
+    assert not np.array_equal(shared[1], got_b[0]) and not np.array_equal(shared[3], got_b[1])
 
 
 def test_reset_starts_a_new_episode_for_that_client_only(served):
-    st, policy = served()
+    st, _ = served()
     a, b = WebsocketClientPolicy(st.url), WebsocketClientPolicy(st.url)
     o1, o2, o3 = make_obs(1), make_obs(2), make_obs(3)
-    a.infer(o1)
-    b_first = b.infer(o3)["actions"]
+    got_a = [a.infer(o1)["actions"]]
+    got_b = [b.infer(o3)["actions"]]
     ack = a.infer({"reset": True})
     assert ack["reset"] is True and "server_timing" in ack
-    after_reset = a.infer(o2)["actions"]
-    np.testing.assert_array_equal(after_reset, reference([[o2]])[0][0])
-    assert not np.array_equal(after_reset, reference([[o1, o2]])[0][1])
-    # reset inside an observation, and B's episode untouched by A's resets
-    np.testing.assert_array_equal(a.infer({**o3, "reset": True})["actions"], reference([[o3]])[0][0])
-    np.testing.assert_array_equal(b.infer(o1)["actions"], reference([[o3, o1]])[0][1])
-    assert b_first is not None and st.server.counts["reset"] == 2
+    got_a.append(a.infer(o2)["actions"])
+    got_a.append(a.infer({**o3, "reset": True})["actions"])  # reset inside an observation
+    got_b.append(b.infer(o1)["actions"])  # B's episode is untouched by A's resets
+    want_a = replay([o1, RESET, o2, RESET, o3])
+    for got, want in zip(got_a + got_b, want_a + replay([o3, o1])):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got_a[1], replay([o1, o2])[1])  # the reset did change the answer
+    assert st.server.counts["reset"] == 2
 
 
 def test_requests_from_many_clients_never_overlap(served):
@@ -191,7 +196,7 @@ def test_client_dropping_mid_request_hurts_nobody(served):
         queued.send(codec.packb(make_obs(2)))  # waits behind the first, then leaves
     other = WebsocketClientPolicy(st.url)
     got = other.infer(make_obs(3))["actions"]
-    np.testing.assert_array_equal(got, reference([[make_obs(3)]])[0][0])
+    np.testing.assert_array_equal(got, replay([make_obs(3)])[0])
     assert policy.max_active == 1
     with urllib.request.urlopen(f"http://127.0.0.1:{st.server.port}/healthz", timeout=5) as r:
         assert json.loads(r.read())["counts"]["internal_error"] == 0
@@ -203,13 +208,15 @@ def test_remote_policy_implements_the_contract(served):
         assert remote.metadata["action_dim"] == 7
         ep0 = [make_obs(1), make_obs(2)]
         ep1 = [make_obs(3), make_obs(4)]
-        first = remote.infer_batch([ep0[0], ep1[0]])  # env 0 and env 1: separate episodes
+        first = remote.infer_batch([ep0[0], ep1[0]])  # env 0 and env 1: separate connections
         second = remote.infer_batch([ep0[1], ep1[1]])
-        ref0, ref1 = reference([ep0, ep1])
-        np.testing.assert_array_equal(first[0]["actions"], ref0[0])
-        np.testing.assert_array_equal(second[1]["actions"], ref1[1])
         assert set(first[0]) == {"actions"} and remote.last_server_timing["infer_ms"] > 0
+        for got, want in zip([first[0], second[0]], replay(ep0)):
+            np.testing.assert_array_equal(got["actions"], want)
+        for got, want in zip([first[1], second[1]], replay(ep1)):
+            np.testing.assert_array_equal(got["actions"], want)
         remote.reset(env_index=1)
-        np.testing.assert_array_equal(remote.infer(ep0[1], env_index=1)["actions"], reference([[ep0[1]]])[0][0])
+        np.testing.assert_array_equal(remote.infer(ep0[0], env_index=1)["actions"],
+                                      replay([*ep1, RESET, ep0[0]])[2])
         with pytest.raises(RemotePolicyError, match="invalid_observation"):
             remote.infer({"prompt": "x"})

@@ -31,7 +31,7 @@ from ..config import to_dict
 from .codec import packb
 from .protocol import (ERROR_TYPES, ObservationSpec, Request, RequestError, check_policy_output, error_reply,
                        parse_request)
-from .sessions import ClientSession, EpisodeStateAccess
+from .sessions import ClientSession, ClientStateAccess
 
 log = logging.getLogger("vla_ttq.serve")
 
@@ -78,12 +78,12 @@ class PolicyServer:
         meta = _policy_metadata(policy)
         self.spec = spec or ObservationSpec(state_dim=int(meta.get("state_dim", 8)))
         self.action_dim = meta.get("action_dim")
-        self.episodes = EpisodeStateAccess(policy)
+        self.client_state = ClientStateAccess(policy)
         self.metadata = {**meta, "server": {
             "name": "vla_ttq.serve", "protocol": PROTOCOL, "observation": self.spec.describe(),
             "reset": "send {'reset': True} alone (acknowledged) or inside an observation to start a new episode",
             "errors": {"frames": self.config.error_frames, "types": ERROR_TYPES},
-            "per_client_episode_state": self.episodes.stateful,
+            "per_client_state": self.client_state.stateful,
             "config": to_dict(self.config),
         }}
         self._metadata_frame = packb(self.metadata)  # fail at start-up, not at the first client
@@ -167,7 +167,7 @@ class PolicyServer:
 
     # ----------------------------------------------------------------------------- WebSocket side
     async def _handle_connection(self, ws: ServerConnection) -> None:
-        session = ClientSession(peer=f"{ws.remote_address}")
+        session = ClientSession(peer=f"{ws.remote_address}", state=self.client_state.new_client())
         self.sessions[session.id] = session
         log.info("client %d (%s) connected", session.id, session.peer)
         try:
@@ -236,25 +236,25 @@ class PolicyServer:
         return error_reply(kind, message)
 
     def _run_policy(self, session: ClientSession, request: Request) -> dict[str, Any]:
-        """Runs in the single policy thread: swap this client's episode state in, infer, snapshot."""
-        self.episodes.restore(session.episode_state)
+        """Runs in the single policy thread: swap this client's state in, infer, snapshot it."""
         if request.reset:
             session.new_episode()
-            self.episodes.restore(None)
-            self.policy.reset()
+        self.client_state.restore(session.state)
+        if request.reset:
+            self.policy.reset()  # whatever else the policy does at an episode start
             self.counts["reset"] += 1
         if request.obs is None:
-            session.episode_state = self.episodes.capture()
+            session.state = self.client_state.capture()
             return {"reset": True, "server_timing": {"infer_ms": 0.0}}
         t0 = time.perf_counter()
         try:
             out = self.policy.infer(request.obs)
         except _POLICY_REJECTIONS as e:
-            # session.episode_state is left as it was: a failed call does not half-calibrate it
+            # session.state is left as it was: a failed call neither half-calibrates nor draws noise
             raise RequestError("policy_error", f"{type(e).__name__}: {e}") from e
         infer_ms = (time.perf_counter() - t0) * 1000.0
         out = check_policy_output(out, self.action_dim)
-        session.episode_state = self.episodes.capture()
+        session.state = self.client_state.capture()
         session.steps += 1
         self.counts["infer"] += 1
         return {"actions": out["actions"], "server_timing": {"infer_ms": infer_ms}}
