@@ -189,6 +189,18 @@ def reset_ttq(model: nn.Module) -> int:
     return n
 
 
+def offload_ttq_masters(model: nn.Module, pin_memory: bool = True) -> int:
+    """Memory mode: every TTQ layer keeps its full-precision W on the host only (see
+    :meth:`TTQLinear.offload_master`); the device holds the packed weight of the current episode,
+    re-made layer by layer at the first call after :func:`reset_ttq`. Returns layers offloaded."""
+    layers = [m for m in model.modules() if isinstance(m, TTQLinear)]
+    if not layers:
+        raise ValueError("offload_ttq_masters found no TTQ layer: quantize the model with method='ttq' first")
+    for m in layers:
+        m.offload_master(pin_memory)
+    return len(layers)
+
+
 def ttq_state(model: nn.Module) -> dict[str, dict]:
     """Snapshot of every TTQ layer's episode calibration (to keep one per client in a server)."""
     return {n: dict(m._cache) for n, m in model.named_modules() if isinstance(m, TTQLinear)}
@@ -200,5 +212,5 @@ def load_ttq_state(model: nn.Module, state: dict[str, dict]) -> None:
             m._cache = dict(state.get(n, {}))
 
 
-__all__ = ["quantize_", "calibrate", "reset_ttq", "ttq_state", "load_ttq_state", "QuantReport",
+__all__ = ["quantize_", "calibrate", "reset_ttq", "offload_ttq_masters", "ttq_state", "load_ttq_state", "QuantReport",
            "default_filter", "check_finite"]

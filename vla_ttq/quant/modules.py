@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from .groupwise import check_finite, check_group
+from .groupwise import check_finite, check_group, quantize_groupwise
 from .methods import lowrank_factors
 from .packing import SCALE_DTYPES, PackedWeight
 from .scaling import channel_stat, column_scale
@@ -72,6 +72,7 @@ class TTQLinear(nn.Module):
         else:
             self.lr_b = self.lr_a = None
         self._cache: dict[int, tuple[PackedWeight, torch.Tensor]] = {}
+        self._host_master: torch.Tensor | None = None  # see offload_master
         self.calibrations = 0  # how many times D was computed and W re-quantized
 
     @property
@@ -82,17 +83,61 @@ class TTQLinear(nn.Module):
         """Forget the episode calibration; the next call re-calibrates (recompute='episode')."""
         self._cache.clear()
 
-    def residual_weight(self) -> torch.Tensor:
+    def residual_weight(self, device: torch.device | None = None) -> torch.Tensor:
+        """W - BA; ``device``: where to compute it (the master W may live on the host, see below)."""
+        w = self.master_weight(device)
         if self.lr_b is None:
-            return self.weight
-        return self.weight.float() - self.lr_b.float() @ self.lr_a.float()
+            return w
+        return w.float() - self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
+
+    # --- full-precision master on the host ------------------------------------------------
+    @property
+    def master_on_host(self) -> bool:
+        return self._host_master is not None
+
+    def master_weight(self, device: torch.device | None = None) -> torch.Tensor:
+        w = self.weight if self._host_master is None else self._host_master
+        return w if device is None else w.to(device, non_blocking=True)
+
+    def offload_master(self, pin_memory: bool = True) -> None:
+        """Keep the full-precision W only on the host (pinned when possible): the device then holds
+        just the episode's packed weight, re-made from W at each calibration (copied in per layer).
+
+        Only for ``recompute="episode"``: per-call recompute would copy W in on every call."""
+        if self.cfg.recompute != "episode":
+            raise ValueError(f"offload_master needs recompute='episode' (layer '{self.name}' recomputes D every "
+                             f"call, which would copy its weight from the host on every call)")
+        if self._host_master is not None:
+            return
+        w = self.weight.detach().to("cpu")
+        if pin_memory and torch.cuda.is_available():
+            w = w.pin_memory()
+        self._host_master = w
+        del self.weight  # the parameter (and its device memory) goes; ``weight`` reads the host copy
+        self._cache.clear()
+
+    def __getattr__(self, name: str):
+        if name == "weight" and self.__dict__.get("_host_master") is not None:
+            return self.__dict__["_host_master"]
+        return super().__getattr__(name)
+
+    def requantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dequantized ``Q[(W - BA) s]`` (float32) and ``s = D(x)^½`` for activation ``x``.
+
+        The same codes as the calibration below, without packing and without host syncs (no
+        finiteness check), so it can run inside a captured CUDA graph."""
+        cfg = self.cfg
+        s = column_scale(channel_stat(x, cfg.p), cfg.lam, cfg.alpha)
+        q = quantize_groupwise(self.residual_weight(x.device).float() * s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
+                               check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
+        return q.dequantize(), s
 
     def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:
         cfg = self.cfg
         if cfg.check_finite:
             check_finite(x, "activation", self.name)
         s = column_scale(channel_stat(x, cfg.p), cfg.lam, cfg.alpha)
-        packed = kernels.quantize_pack(self.residual_weight(), s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
+        packed = kernels.quantize_pack(self.residual_weight(x.device), s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
                                        SCALE_DTYPES[cfg.scale_dtype], backend=backend)
         self.calibrations += 1
         return packed, s
