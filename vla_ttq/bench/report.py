@@ -1,0 +1,135 @@
+"""Results table (rich), JSON and markdown, and the issue's targets checked against the numbers."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from pathlib import Path
+
+import torch
+
+GB = 1e9
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"host": socket.gethostname(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update({"gpu": p.name, "gpu_memory_gb": round(p.total_memory / GB, 1), "cuda": torch.version.cuda,
+                     "sm_count": p.multi_processor_count})
+    try:
+        import lerobot
+        info["lerobot"] = lerobot.__version__
+    except Exception:
+        pass
+    return info
+
+
+def _row(rows, batch, **match):
+    for r in rows:
+        if r.get("batch") == batch and "error" not in r and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def targets(rows: list[dict], floor_ms: float = 7.0) -> list[dict]:
+    """The issue's three targets, each with the numbers it was judged on (None where not measured)."""
+    out = []
+    ours = _row(rows, 1, method="fp", dtype="bfloat16", engine="fast", tf32=False)
+    ler = _row(rows, 1, method="lerobot")
+    t = {"target": "our bf16 call at B=1 <= 1/8 of lerobot's time (same run)", "met": None}
+    if ours:
+        t["ours_ms"] = ours["ms_median"]
+        t["distance_to_floor_x"] = ours["ms_median"] / floor_ms
+    if ours and ler:
+        t.update(lerobot_ms=ler["ms_median"], ratio=ler["ms_median"] / ours["ms_median"],
+                 met=ours["ms_median"] <= ler["ms_median"] / 8)
+    out.append(t)
+    ttq = _row(rows, 1, method="ttq", bits=4, rank=0, recompute="episode", scope="backbone+expert", weights="dense",
+               host_master=False)
+    t = {"target": "TTQ W4 (D once per episode, r=0, LM+expert) no slower than our bf16 (B=1)", "met": None}
+    if ttq and ours:
+        t.update(ttq_ms=ttq["ms_median"], bf16_ms=ours["ms_median"], met=ttq["ms_median"] <= ours["ms_median"] * 1.02,
+                 distance_to_floor_x=ttq["ms_median"] / floor_ms)
+    out.append(t)
+    bf = ours
+    for label, match in (("packed RTN W2", dict(method="rtn", bits=2, scope="backbone+expert", weights="packed")),
+                         ("TTQ W2 host-master", dict(method="ttq", bits=2, rank=0, host_master=True))):
+        q = _row(rows, 1, **match)
+        t = {"target": f"GPU weight memory >= 70 % smaller at W2, LM+expert ({label})", "met": None}
+        if q and bf:
+            blk = 1 - q["block_linears_bytes"] / bf["block_linears_bytes"]
+            tot = 1 - q["weights_bytes"] / bf["weights_bytes"]
+            t.update(block_linears_reduction=blk, whole_model_reduction=tot, met_block_linears=blk >= 0.7,
+                     met_whole_model=tot >= 0.7, met=blk >= 0.7)
+        out.append(t)
+    return out
+
+
+def _fmt_gb(v):
+    return "" if v is None else f"{v / GB:.2f}"
+
+
+COLUMNS = [("mode", "mode"), ("B", "batch"), ("median ms", "ms_median"), ("p90 ms", "ms_p90"),
+           ("weights GB", "weights_bytes"), ("LM+exp linears GB", "block_linears_bytes"), ("peak GB", "peak_bytes"),
+           ("recal ms", "calibration_ms")]
+
+
+def _cells(r: dict) -> list[str]:
+    cells = []
+    for _, key in COLUMNS:
+        v = r.get(key)
+        if key.endswith("_bytes"):
+            cells.append(_fmt_gb(v))
+        elif isinstance(v, float):
+            cells.append(f"{v:.1f}")
+        else:
+            cells.append("" if v is None else str(v))
+    if "error" in r:
+        cells[2] = "error: " + r["error"][:60]
+    return cells
+
+
+def print_table(rows: list[dict], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="pi0.5 policy call (prefix + denoising steps)")
+    for title, _ in COLUMNS:
+        table.add_column(title, justify="left" if title == "mode" else "right")
+    for r in rows:
+        table.add_row(*_cells(r))
+    console.print(table)
+    for t in targets(rows):
+        console.print(f"[bold]{t['target']}[/bold]: met={t['met']}  "
+                      + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in t.items() if k not in ("target", "met")))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# pi0.5 benchmark ({result['settings']['preset']}) on {m.get('gpu', m['device'])}", "",
+             f"Machine: {json.dumps(m)}", "", f"Settings: `{json.dumps(result['settings'])}`", "",
+             "| " + " | ".join(t for t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in result["rows"]:
+        lines.append("| " + " | ".join(_cells(r)) + " |")
+    lines += ["", "## Targets", ""]
+    for t in result["targets"]:
+        rest = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in t.items() if k not in ("target", "met"))
+        lines.append(f"- {t['target']}: **met={t['met']}** ({rest})")
+    if result.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def save(result: dict, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    j, md = out / f"{stem}.json", out / f"{stem}.md"
+    j.write_text(json.dumps(result, indent=1, default=str))
+    md.write_text(markdown(result))
+    return j, md
