@@ -1,0 +1,170 @@
+"""The fast sampler computes what the plain path computes; TTQ's host-master memory mode; the bench CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from vla_ttq.config import QuantConfig
+from vla_ttq.models.fast import FastSampler
+from vla_ttq.models.loading import build_random_model
+from vla_ttq.models.quantize import quant_filter
+from vla_ttq.models.tiny import make_tiny_checkpoint, tiny_config
+from vla_ttq.models import load_policy
+from vla_ttq.quant import offload_ttq_masters, quantize_, reset_ttq
+from vla_ttq.quant.modules import TTQLinear
+
+B = 2
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return load_policy(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)).root
+
+
+def _inputs(cfg, seed: int, batch: int = B):
+    g = torch.Generator().manual_seed(seed)
+    length = cfg.tokenizer_max_length
+    images = [torch.rand(batch, 3, *cfg.image_resolution, generator=g) * 2 - 1 for _ in range(2)]
+    masks = [torch.ones(batch, dtype=torch.bool), torch.tensor([True, False][:batch])]  # 2nd camera missing once
+    tokens = torch.randint(0, cfg.language.vocab_size, (batch, length), generator=g)
+    token_masks = torch.zeros(batch, length, dtype=torch.bool)
+    for i in range(batch):
+        token_masks[i, : 20 + 17 * i] = True  # different prompt lengths: positions differ per sample
+    noise = torch.randn(batch, cfg.chunk_size, cfg.max_action_dim, generator=g)
+    return images, masks, tokens, token_masks, noise
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_equals_plain_full_precision(root):
+    model = copy.deepcopy(root).model
+    inp = _inputs(model.config, 1)
+    ref = model.sample_actions(*inp)
+    sampler = FastSampler(model, B, 2, model.config.tokenizer_max_length)
+    _close(sampler(*inp), ref)
+    other = _inputs(model.config, 2)  # the static buffers really take the new inputs
+    _close(sampler(*other), model.sample_actions(*other))
+    assert not torch.allclose(model.sample_actions(*other), ref)
+
+
+def test_fusion_shares_storage_and_keeps_plain_path(root):
+    model = copy.deepcopy(root).model
+    inp = _inputs(model.config, 3)
+    ref = model.sample_actions(*inp)
+    FastSampler(model, B, 2, model.config.tokenizer_max_length, fuse=True)
+    attn = model.language_model.layers[0].self_attn
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    _close(model.sample_actions(*inp), ref)
+
+
+@pytest.mark.parametrize("quant,weights", [
+    (dict(method="rtn", bits=4), "dense"),
+    (dict(method="rtn", bits=2), "packed"),
+    (dict(method="ttq", bits=4, rank=4, recompute="call"), "dense"),
+    (dict(method="ttq", bits=2, rank=0, recompute="call", stats_scope="batch"), "dense"),
+    (dict(method="ttq", bits=4, rank=4, recompute="episode"), "dense"),
+    (dict(method="ttq", bits=2, rank=0, recompute="episode", stats_scope="batch"), "packed"),
+])
+def test_fast_equals_plain_quantized(root, quant, weights):
+    r = copy.deepcopy(root)
+    model = r.model
+    quantize_(r, QuantConfig(group=32, check_finite=False, **quant), quant_filter(quantize_expert=True))
+    episode = quant.get("recompute") == "episode"
+    inp, other = _inputs(model.config, 4), _inputs(model.config, 5)
+    ref, ref_other = model.sample_actions(*inp), model.sample_actions(*other)  # calibrates on inp (episode)
+    reset_ttq(r)
+    sampler = FastSampler(model, B, 2, model.config.tokenizer_max_length, weights=weights)
+    _close(sampler(*inp), ref)  # episode: this call calibrates through the plain path
+    _close(sampler(*other), ref_other)  # served by the sampler's own path
+    assert sampler.calibrations == int(episode)
+    if episode:  # a new episode re-calibrates and the sampler follows
+        reset_ttq(r)
+        new = model.sample_actions(*other)
+        reset_ttq(r)
+        _close(sampler(*other), new)
+        _close(sampler(*inp), model.sample_actions(*inp))
+        assert sampler.calibrations == 2
+
+
+def test_sampler_rejects_wrong_inputs(root):
+    model = copy.deepcopy(root).model
+    sampler = FastSampler(model, B, 2, model.config.tokenizer_max_length)
+    images, masks, tokens, token_masks, noise = _inputs(model.config, 6)
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        sampler(images, masks, tokens[:, :5], token_masks[:, :5], noise)
+    with pytest.raises(ValueError, match="2 cameras"):
+        sampler(images[:1], masks[:1], tokens, token_masks, noise)
+    with pytest.raises(ValueError, match="weights must be"):
+        FastSampler(model, B, 2, 8, weights="int4")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FastSampler(model, B, 2, 8, cuda_graph=True)
+
+
+def _ttq(root, **kw):
+    r = copy.deepcopy(root)
+    quantize_(r, QuantConfig(method="ttq", bits=2, group=32, rank=4, recompute="episode", **kw),
+              quant_filter(quantize_expert=True))
+    return r
+
+
+def test_host_master_equals_episode_mode(root):
+    normal, offl = _ttq(root), _ttq(root)
+    n_params = sum(p.numel() for p in offl.parameters())
+    assert offload_ttq_masters(offl, pin_memory=False) == 4 * 7
+    layers = [m for m in offl.modules() if isinstance(m, TTQLinear)]
+    assert all(m.master_on_host and "weight" not in dict(m.named_parameters()) for m in layers)
+    assert sum(p.numel() for p in offl.parameters()) == n_params - sum(m.weight.numel() for m in layers)
+    inp = _inputs(root.model.config, 7)
+    _close(offl.model.sample_actions(*inp), normal.model.sample_actions(*inp))
+    for a, b in zip(layers, [m for m in normal.modules() if isinstance(m, TTQLinear)]):
+        (pa, sa), (pb, sb) = a._cache[0], b._cache[0]
+        assert torch.equal(pa.data, pb.data) and torch.equal(pa.scale, pb.scale) and torch.equal(sa, sb)
+    # a new episode re-quantizes from the host master, with the fast sampler as well
+    other = _inputs(root.model.config, 8)
+    reset_ttq(offl), reset_ttq(normal)
+    sampler = FastSampler(offl.model, B, 2, root.model.config.tokenizer_max_length, weights="packed")
+    _close(sampler(*other), normal.model.sample_actions(*other))
+    _close(sampler(*inp), normal.model.sample_actions(*inp))
+
+
+def test_host_master_refuses_per_call_recompute(root):
+    r = copy.deepcopy(root)
+    quantize_(r, QuantConfig(method="ttq", bits=4, group=32, recompute="call"), quant_filter())
+    with pytest.raises(ValueError, match="recompute='episode'"):
+        offload_ttq_masters(r)
+    with pytest.raises(ValueError, match="no TTQ layer"):
+        offload_ttq_masters(copy.deepcopy(root))
+
+
+def test_build_random_model_dtypes():
+    r = build_random_model(tiny_config(), dtype=torch.bfloat16, seed=1)
+    m = r.model
+    assert m.language_model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert m.paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype \
+        == torch.float32
+    assert m.action_in_proj.weight.dtype == torch.float32
+    assert not any(t.is_meta for t in r.state_dict().values())
+    assert torch.isfinite(m.language_model.layers[0].mlp.up_proj.weight.float()).all()
+
+
+def test_bench_cli_tiny(tmp_path):
+    from vla_ttq.bench.cli import main
+
+    result = main(["--preset", "tiny", "--device", "cpu", "--batch", "1", "--reps", "2", "--budget", "0",
+                   "--only", r"^bf16$|^rtn W2 LM\+expert packed$|^ttq W4 r0 episode LM\+expert$",
+                   "--out", str(tmp_path), "--stem", "t"])
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == [r["mode"] for r in result["rows"]]
+    assert {r["mode"] for r in rows} == {"bf16", "rtn W2 LM+expert packed", "ttq W4 r0 episode LM+expert"}
+    assert all("error" not in r and r["ms_median"] > 0 for r in rows)
+    bf16 = next(r for r in rows if r["mode"] == "bf16")
+    rtn = next(r for r in rows if r["method"] == "rtn")
+    assert rtn["block_linears_bytes"] < 0.3 * bf16["block_linears_bytes"]
+    assert next(r for r in rows if r["method"] == "ttq")["calibration_ms"] > 0
+    assert (tmp_path / "t.md").read_text().startswith("# pi0.5 benchmark (tiny)")
