@@ -74,7 +74,7 @@ def _fmt_gb(v):
 
 COLUMNS = [("mode", "mode"), ("B", "batch"), ("median ms", "ms_median"), ("p90 ms", "ms_p90"),
            ("weights GB", "weights_bytes"), ("LM+exp linears GB", "block_linears_bytes"), ("peak GB", "peak_bytes"),
-           ("recal ms", "calibration_ms")]
+           ("recal ms", "calibration_ms"), ("rel err vs plain", "rel_err_vs_plain")]
 
 
 def _cells(r: dict) -> list[str]:
@@ -83,6 +83,8 @@ def _cells(r: dict) -> list[str]:
         v = r.get(key)
         if key.endswith("_bytes"):
             cells.append(_fmt_gb(v))
+        elif key == "rel_err_vs_plain" and v is not None:
+            cells.append(f"{v:.1e}")
         elif isinstance(v, float):
             cells.append(f"{v:.1f}")
         else:

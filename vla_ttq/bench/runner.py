@@ -176,6 +176,10 @@ class Runner:
             out["peak_bytes"] = mem["peak"]
             out["allocated_before_bytes"] = before["allocated"]
         out["graph"] = bool(sampler is not None and sampler.graph is not None)
+        if sampler is not None:  # the fast path must compute what the plain path computes
+            fast = sampler(*inp).clone()
+            ref = model.sample_actions(*inp)
+            out["rel_err_vs_plain"] = float((fast - ref).float().norm() / ref.float().norm().clamp_min(1e-30))
         del sampler, call
         return out
 
