@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..quant.modules import QuantLinear, TTQLinear
-from .gemma import MASK_VALUE, GemmaDecoderLayer, GemmaTransformer, apply_rope, rope_tables
+from .gemma import MASK_VALUE, GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
 
 WEIGHT_MODES = ("dense", "packed")
@@ -228,10 +228,13 @@ class FastSampler:
         self.out = torch.zeros_like(self.noise)
         # static KV cache: prefix then the action chunk
         total = self.prefix_len + self.chunk
-        shape = (spec.depth, b, spec.num_kv_heads, total, spec.head_dim)
+        shape = (spec.depth, b, total, spec.num_kv_heads, spec.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
         self.embed_scale = torch.tensor(spec.width ** 0.5).to(model.language_model.embed_tokens.weight.dtype).to(dev)
+        # (1 + w) of the language model's RMSNorms, in float32 (Gemma's gain)
+        self.norm_gain = {id(n): 1.0 + n.weight.float() for layer in model.language_model.layers
+                          for n in (layer.input_layernorm, layer.post_attention_layernorm)}
         self.linears: dict[str, _Linear] = {}
         self._fused_owned: list[torch.Tensor] = []
         self.lm_ops = self._layer_ops(model.language_model, "lm")
@@ -282,35 +285,54 @@ class FastSampler:
             self.mods.append(per)
 
     # --- the call --------------------------------------------------------------------------
+    # Layouts: activations (B, L, heads, D) as the projections produce them; the KV cache is
+    # (layer, B, T, kv_heads, D), so keys are written straight into it and nothing is transposed.
     def _rms(self, x, norm):
-        var = x.float().square().mean(-1, keepdim=True)
-        return ((x * torch.rsqrt(var + norm.eps)) * (1.0 + norm.weight.float())).type_as(x)
+        return (F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps) * self.norm_gain[id(norm)]).type_as(x)
 
     @staticmethod
     def _ada(x, eps, mod):
         one_plus_scale, shift, _ = mod
-        var = x.float().square().mean(-1, keepdim=True)
-        return ((x * torch.rsqrt(var + eps)) * one_plus_scale + shift).to(x.dtype)
+        return torch.addcmul(shift, F.rms_norm(x.float(), (x.shape[-1],), eps=eps), one_plus_scale).to(x.dtype)
+
+    def _rope_tables(self, positions, spec):
+        """cos, signed sin (rotate_half folded in), both (B, L, 1, D); the query's copies also carry
+        the attention scale 1/sqrt(D) (a power of two for pi0.5's D = 256, so exact)."""
+        cos, sin = rope_tables(positions, spec.head_dim, spec.rope_theta, self.dtype)
+        half = spec.head_dim // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        cos, sin = cos[:, :, None], sin[:, :, None]
+        scale = spec.head_dim ** -0.5
+        return cos, sin, cos * scale, sin * scale
+
+    @staticmethod
+    def _rope(x, cos, sin, out=None):
+        """x·cos + rotate_half(x)·sin, with rotate_half(x)·sin = roll(x)·(signed sin)."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin, out=out)
 
     def _attention(self, q, k, v, mask):
-        """q (B,H,L,D), k/v (B,KV,T,D): heads sharing a key head in one product; -> (B,L,H*D)."""
-        b, h, length, d = q.shape
-        kv = k.shape[1]
-        qg = q.reshape(b, kv, (h // kv) * length, d)
-        w = torch.matmul(qg, k.transpose(2, 3)) * (d ** -0.5)
-        w = w.view(b, kv, h // kv, length, -1).reshape(b, h, length, -1) + mask
+        """q (B,L,H,D) pre-scaled, k/v (B,T,KV,D), mask (B,1,L,T) -> (B,L,H*D); query heads that share
+        a key head form one matrix product (no repeated keys, no copies when KV = 1)."""
+        b, length, h, d = q.shape
+        t, kv = k.shape[1], k.shape[2]
+        rep = h // kv
+        qg = q.view(b, length, kv, rep, d).permute(0, 2, 1, 3, 4).reshape(b, kv, length * rep, d)
+        w = torch.matmul(qg, k.permute(0, 2, 3, 1))  # (B, KV, L*rep, T)
+        w = w.view(b, kv, length, rep, t) + mask[:, :, :, None, :]
         p = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(p.reshape(b, kv, (h // kv) * length, -1), v)
-        return out.view(b, h, length, d).transpose(1, 2).reshape(b, length, h * d)
+        out = torch.matmul(p.view(b, kv, length * rep, t), v.permute(0, 2, 1, 3))  # (B, KV, L*rep, D)
+        return out.view(b, kv, length, rep, d).permute(0, 2, 1, 3, 4).reshape(b, length, h * d)
 
-    def _qkv(self, ops: _LayerOps, layer: GemmaDecoderLayer, x, cos, sin):
+    def _qkv(self, ops: _LayerOps, layer: GemmaDecoderLayer, x, rope, k_out, v_out):
+        """q (roped, scaled); k (roped) and v written into the cache slices ``k_out``/``v_out``."""
         a = layer.self_attn
         b, length, _ = x.shape
         q, k, v = ops.qkv(x)
-        q = q.reshape(b, length, -1, a.head_dim).transpose(1, 2)
-        k = k.reshape(b, length, -1, a.head_dim).transpose(1, 2)
-        v = v.reshape(b, length, -1, a.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        cos, sin, cos_q, sin_q = rope
+        q = self._rope(q.view(b, length, -1, a.head_dim), cos_q, sin_q)
+        self._rope(k.view(b, length, -1, a.head_dim), cos, sin, out=k_out)
+        v_out.copy_(v.view(b, length, -1, a.head_dim))
+        return q
 
     @staticmethod
     def _mlp(ops: _LayerOps, x):
@@ -327,17 +349,15 @@ class FastSampler:
         pad = torch.cat([self.image_masks.t()[:, :, None].expand(b, self.num_cameras, n_img).reshape(b, -1),
                          self.token_masks], dim=1)
         mask = additive_mask(pad[:, None, :] & pad[:, :, None])
-        cos, sin = rope_tables(torch.cumsum(pad, dim=1) - 1, lm.spec.head_dim, lm.spec.rope_theta, self.dtype)
+        rope = self._rope_tables(torch.cumsum(pad, dim=1) - 1, lm.spec)
         P = self.prefix_len
         last = len(lm.layers) - 1
         for i, (layer, ops) in enumerate(zip(lm.layers, self.lm_ops)):
-            x = self._rms(h, layer.input_layernorm)
-            q, k, v = self._qkv(ops, layer, x, cos, sin)
-            self.k_cache[i, :, :, :P] = k
-            self.v_cache[i, :, :, :P] = v
+            k_out, v_out = self.k_cache[i, :, :P], self.v_cache[i, :, :P]
+            q = self._qkv(ops, layer, self._rms(h, layer.input_layernorm), rope, k_out, v_out)
             if i == last:  # the prefix output is never read: only the cache of the last layer matters
                 break
-            h = h + ops.o(self._attention(q, k, v, mask))
+            h = h + ops.o(self._attention(q, k_out, v_out, mask))
             h = h + self._mlp(ops, self._rms(h, layer.post_attention_layernorm))
         return pad
 
@@ -347,8 +367,7 @@ class FastSampler:
         allowed = torch.cat([pad[:, None, :].expand(b, c, -1), torch.ones(b, c, c, dtype=torch.bool, device=pad.device)],
                             dim=2)
         mask = additive_mask(allowed)
-        positions = pad.sum(dim=-1, keepdim=True) + torch.arange(c, device=pad.device)[None]
-        cos, sin = rope_tables(positions, ex.spec.head_dim, ex.spec.rope_theta, self.dtype)
+        rope = self._rope_tables(pad.sum(dim=-1, keepdim=True) + torch.arange(c, device=pad.device)[None], ex.spec)
         x_t = self.noise
         for step in range(self.num_steps):
             mods = self.mods[step]
@@ -356,14 +375,12 @@ class FastSampler:
             for i, (layer, ops) in enumerate(zip(ex.layers, self.expert_ops)):
                 mod_in, mod_post = mods[2 * i], mods[2 * i + 1]
                 x = self._ada(h, layer.input_layernorm.eps, mod_in)
-                q, k, v = self._qkv(ops, layer, x, cos, sin)
-                self.k_cache[i, :, :, P:] = k
-                self.v_cache[i, :, :, P:] = v
-                h = h + ops.o(self._attention(q, self.k_cache[i], self.v_cache[i], mask)) * mod_in[2]
+                q = self._qkv(ops, layer, x, rope, self.k_cache[i, :, P:], self.v_cache[i, :, P:])
+                h = torch.addcmul(h, ops.o(self._attention(q, self.k_cache[i], self.v_cache[i], mask)), mod_in[2])
                 x = self._ada(h, layer.post_attention_layernorm.eps, mod_post)
-                h = h + self._mlp(ops, x) * mod_post[2]
+                h = torch.addcmul(h, self._mlp(ops, x), mod_post[2])
             h = self._ada(h, ex.norm.eps, mods[-1])
-            x_t = x_t + self.dt * m.action_out_proj(h.to(torch.float32))
+            x_t = torch.add(x_t, m.action_out_proj(h.to(torch.float32)), alpha=self.dt)
         return x_t
 
     @torch.no_grad()
