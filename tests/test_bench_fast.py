@@ -189,3 +189,15 @@ def test_bench_cli_tiny(tmp_path):
     assert rtn["block_linears_bytes"] < 0.3 * bf16["block_linears_bytes"]
     assert next(r for r in rows if r["method"] == "ttq")["calibration_ms"] > 0
     assert (tmp_path / "t.md").read_text().startswith("# pi0.5 benchmark (tiny)")
+
+
+def test_compiled_glue_equals_eager():
+    from vla_ttq.models.fast import Glue
+
+    eager, comp = Glue(False), Glue(True)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 5, n, 8, generator=g) for n in (4, 2, 2))
+    mask = torch.where(torch.rand(1, 1, 5, 5, generator=g) > 0.3, 0.0, -1e30)
+    torch.testing.assert_close(comp.attention(q, k, v, mask), eager.attention(q, k, v, mask))
+    x, s1, sh = torch.randn(2, 5, 16, generator=g), torch.rand(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
+    torch.testing.assert_close(comp.ada(x, 1e-6, s1, sh), eager.ada(x, 1e-6, s1, sh))

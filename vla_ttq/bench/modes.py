@@ -30,6 +30,7 @@ class BenchMode:
     host_master: bool = False
     engine: str = "fast"
     tf32: bool = False
+    compiled: bool = False  # torch.compile the element-wise glue of the fast sampler
 
     def __post_init__(self) -> None:
         if self.method not in ("fp", "rtn", "awq", "ttq"):
@@ -42,12 +43,15 @@ class BenchMode:
             raise ValueError(f"ttq needs recompute 'call' or 'episode', got {self.recompute!r}")
         if self.host_master and (self.method != "ttq" or self.recompute != "episode"):
             raise ValueError("host_master needs method 'ttq' with recompute 'episode'")
+        if self.compiled and self.engine != "fast":
+            raise ValueError("compiled needs the fast engine")
 
     @property
     def name(self) -> str:
         if self.method == "fp":
             base = f"{'fp32' if self.dtype == 'float32' else 'bf16'}"
             base += "+tf32" if self.tf32 else ""
+            base += " compiled" if self.compiled else ""
             return base + ("" if self.engine == "fast" else " (plain eager)")
         parts = [self.method, f"W{self.bits}"]
         if self.method == "ttq":
@@ -57,6 +61,8 @@ class BenchMode:
             parts.append("host-master")
         if self.weights == "packed":
             parts.append("packed")
+        if self.compiled:
+            parts.append("compiled")
         return " ".join(parts)
 
     @property
@@ -68,7 +74,8 @@ class BenchMode:
 def standard_modes(include_plain: bool = True) -> list[BenchMode]:
     """The issue's matrix: fp32/bf16, RTN/AWQ W4/W2, TTQ W4/W2 r0/r16 call/episode, both scopes,
     plus the memory modes (packed RTN, TTQ with the master on the host)."""
-    modes = [BenchMode("fp", "float32"), BenchMode("fp", "bfloat16"), BenchMode("fp", "bfloat16", tf32=True)]
+    modes = [BenchMode("fp", "float32"), BenchMode("fp", "bfloat16"), BenchMode("fp", "bfloat16", tf32=True),
+             BenchMode("fp", "bfloat16", compiled=True), BenchMode("fp", "bfloat16", tf32=True, compiled=True)]
     if include_plain:
         modes.append(BenchMode("fp", "bfloat16", engine="plain"))
     for method in ("rtn", "awq"):
@@ -81,6 +88,8 @@ def standard_modes(include_plain: bool = True) -> list[BenchMode]:
             for bits in (4, 2):
                 for rec in ("call", "episode"):
                     modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute=rec, scope=scope))
+                if rank == 0 and scope == "backbone+expert":
+                    modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute="episode", scope=scope, compiled=True))
         for bits in (4, 2):
             modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute="episode", scope="backbone+expert",
                                    weights="packed", host_master=True))

@@ -152,7 +152,7 @@ class Runner:
             call = lambda: model.sample_actions(*inp)  # noqa: E731
         else:
             sampler = FastSampler(model, batch, s.num_cameras, self.length, s.steps, weights=mode.weights,
-                                  fuse=s.fuse, device=dev)
+                                  fuse=s.fuse, device=dev, compile=mode.compiled)
             call = lambda: sampler(*inp)  # noqa: E731
         if mode.method == "ttq" and mode.recompute == "episode":
             reset_ttq(root)
@@ -176,11 +176,27 @@ class Runner:
             out["peak_bytes"] = mem["peak"]
             out["allocated_before_bytes"] = before["allocated"]
         out["graph"] = bool(sampler is not None and sampler.graph is not None)
+        if sampler is not None and sampler.graph is not None and mode.method == "fp":
+            out.update(self.phases(sampler))
         if sampler is not None:  # the fast path must compute what the plain path computes
             fast = sampler(*inp).clone()
             ref = model.sample_actions(*inp)
             out["rel_err_vs_plain"] = float((fast - ref).float().norm() / ref.float().norm().clamp_min(1e-30))
         del sampler, call
+        return out
+
+    def phases(self, sampler: FastSampler) -> dict:
+        """Where the time of one call goes: the vision tower alone, and the whole prefix (vision + LM),
+        each captured as its own CUDA graph; the denoising steps take the rest."""
+        out = {}
+        for name, fn in (("vision_ms", lambda: sampler.model.embed_image(sampler.images)),
+                         ("prefix_ms", sampler._prefix)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                fn()
+            graph.replay()
+            out[name] = summarise(time_calls(graph.replay, self.device, self.s.reps, self.s.budget_s))["ms_median"]
+            del graph
         return out
 
     # --- all ---------------------------------------------------------------------------------

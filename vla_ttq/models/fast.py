@@ -191,12 +191,66 @@ def _fused(parts: Sequence[_Linear], fuse: bool):
     return (lambda x: tuple(p(x) for p in parts)), None
 
 
+# --- element-wise glue between the matrix products (optionally compiled into fused kernels) ----
+def rms_gain(x, eps: float, gain):
+    """Gemma RMSNorm: x / rms(x) * (1 + w), in float32, back to x's dtype."""
+    return (F.rms_norm(x.float(), (x.shape[-1],), eps=eps) * gain).type_as(x)
+
+
+def ada_rms(x, eps: float, one_plus_scale, shift):
+    """AdaRMS with a precomputed modulation: x / rms(x) * (1 + scale) + shift."""
+    return torch.addcmul(shift, F.rms_norm(x.float(), (x.shape[-1],), eps=eps), one_plus_scale).to(x.dtype)
+
+
+def rope(x, cos, sin):
+    """x·cos + rotate_half(x)·sin, with rotate_half(x)·sin = roll(x)·(signed sin)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def rope_into(x, cos, sin, out):
+    torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin, out=out)
+
+
+def gelu_mul(g, u):
+    return F.gelu(g, approximate="tanh") * u
+
+
+def gqa_attention(q, k, v, mask):
+    """q (B,L,H,D) pre-scaled, k/v (B,T,KV,D), additive mask (B,1,L,T) -> (B,L,H*D). Query heads
+    sharing a key head form one matrix product (no repeated keys, no copies when KV = 1); scores in
+    the compute dtype, softmax in float32 (lerobot's eager attention)."""
+    b, length, h, d = q.shape
+    t, kv = k.shape[1], k.shape[2]
+    rep = h // kv
+    qg = q.view(b, length, kv, rep, d).permute(0, 2, 1, 3, 4).reshape(b, kv, length * rep, d)
+    w = torch.matmul(qg, k.permute(0, 2, 3, 1))  # (B, KV, L*rep, T)
+    w = w.view(b, kv, length, rep, t) + mask[:, :, :, None, :]
+    p = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(p.view(b, kv, length * rep, t), v.permute(0, 2, 1, 3))  # (B, KV, L*rep, D)
+    return out.view(b, kv, length, rep, d).permute(0, 2, 1, 3, 4).reshape(b, length, h * d)
+
+
+class Glue:
+    """The glue functions, eager or through ``torch.compile`` (shapes are static, so each distinct
+    shape compiles once; under a CUDA graph the compiled kernels replay without guard checks)."""
+
+    def __init__(self, compile: bool = False):
+        wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
+        self.rms, self.ada, self.rope, self.gelu_mul, self.attention = (
+            wrap(f) for f in (rms_gain, ada_rms, rope, gelu_mul, gqa_attention))
+        self.rope_into = rope_into if not compile else self._rope_into_compiled
+
+    def _rope_into_compiled(self, x, cos, sin, out):
+        out.copy_(self.rope(x, cos, sin))
+
+
 class FastSampler:
     """``sample_actions`` of one :class:`Pi05Model` for a fixed batch size, cameras and prompt length."""
 
     def __init__(self, model: Pi05Model, batch_size: int, num_cameras: int, num_tokens: int,
                  num_steps: int | None = None, weights: str = "dense", fuse: bool = True,
-                 cuda_graph: bool | None = None, device: torch.device | str | None = None):
+                 cuda_graph: bool | None = None, device: torch.device | str | None = None,
+                 compile: bool = False):
         if weights not in WEIGHT_MODES:
             raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
         if batch_size < 1 or num_cameras < 1 or num_tokens < 1:
@@ -211,6 +265,7 @@ class FastSampler:
         self.device = torch.device(device) if device is not None else model.action_in_proj.weight.device
         self.dtype = model.compute_dtype
         self.weights, self.fuse = weights, fuse
+        self.glue = Glue(compile)
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
@@ -288,12 +343,10 @@ class FastSampler:
     # Layouts: activations (B, L, heads, D) as the projections produce them; the KV cache is
     # (layer, B, T, kv_heads, D), so keys are written straight into it and nothing is transposed.
     def _rms(self, x, norm):
-        return (F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps) * self.norm_gain[id(norm)]).type_as(x)
+        return self.glue.rms(x, norm.eps, self.norm_gain[id(norm)])
 
-    @staticmethod
-    def _ada(x, eps, mod):
-        one_plus_scale, shift, _ = mod
-        return torch.addcmul(shift, F.rms_norm(x.float(), (x.shape[-1],), eps=eps), one_plus_scale).to(x.dtype)
+    def _ada(self, x, eps, mod):
+        return self.glue.ada(x, eps, mod[0], mod[1])
 
     def _rope_tables(self, positions, spec):
         """cos, signed sin (rotate_half folded in), both (B, L, 1, D); the query's copies also carry
@@ -305,23 +358,8 @@ class FastSampler:
         scale = spec.head_dim ** -0.5
         return cos, sin, cos * scale, sin * scale
 
-    @staticmethod
-    def _rope(x, cos, sin, out=None):
-        """x·cos + rotate_half(x)·sin, with rotate_half(x)·sin = roll(x)·(signed sin)."""
-        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin, out=out)
-
     def _attention(self, q, k, v, mask):
-        """q (B,L,H,D) pre-scaled, k/v (B,T,KV,D), mask (B,1,L,T) -> (B,L,H*D); query heads that share
-        a key head form one matrix product (no repeated keys, no copies when KV = 1)."""
-        b, length, h, d = q.shape
-        t, kv = k.shape[1], k.shape[2]
-        rep = h // kv
-        qg = q.view(b, length, kv, rep, d).permute(0, 2, 1, 3, 4).reshape(b, kv, length * rep, d)
-        w = torch.matmul(qg, k.permute(0, 2, 3, 1))  # (B, KV, L*rep, T)
-        w = w.view(b, kv, length, rep, t) + mask[:, :, :, None, :]
-        p = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(p.view(b, kv, length * rep, t), v.permute(0, 2, 1, 3))  # (B, KV, L*rep, D)
-        return out.view(b, kv, length, rep, d).permute(0, 2, 1, 3, 4).reshape(b, length, h * d)
+        return self.glue.attention(q, k, v, mask)
 
     def _qkv(self, ops: _LayerOps, layer: GemmaDecoderLayer, x, rope, k_out, v_out):
         """q (roped, scaled); k (roped) and v written into the cache slices ``k_out``/``v_out``."""
@@ -329,15 +367,14 @@ class FastSampler:
         b, length, _ = x.shape
         q, k, v = ops.qkv(x)
         cos, sin, cos_q, sin_q = rope
-        q = self._rope(q.view(b, length, -1, a.head_dim), cos_q, sin_q)
-        self._rope(k.view(b, length, -1, a.head_dim), cos, sin, out=k_out)
+        q = self.glue.rope(q.view(b, length, -1, a.head_dim), cos_q, sin_q)
+        self.glue.rope_into(k.view(b, length, -1, a.head_dim), cos, sin, k_out)
         v_out.copy_(v.view(b, length, -1, a.head_dim))
         return q
 
-    @staticmethod
-    def _mlp(ops: _LayerOps, x):
+    def _mlp(self, ops: _LayerOps, x):
         g, u = ops.gate_up(x)
-        return ops.down(F.gelu(g, approximate="tanh") * u)
+        return ops.down(self.glue.gelu_mul(g, u))
 
     def _prefix(self):
         m, b, n_img = self.model, self.batch, self.cfg.num_image_tokens
