@@ -69,6 +69,7 @@ def test_fusion_shares_storage_and_keeps_plain_path(root):
     (dict(method="ttq", bits=4, rank=4, recompute="call"), "dense"),
     (dict(method="ttq", bits=2, rank=0, recompute="call", stats_scope="batch"), "dense"),
     (dict(method="ttq", bits=4, rank=4, recompute="episode"), "dense"),
+    (dict(method="ttq", bits=4, rank=4, recompute="episode", stats_scope="batch"), "dense"),
     (dict(method="ttq", bits=2, rank=0, recompute="episode", stats_scope="batch"), "packed"),
 ])
 def test_fast_equals_plain_quantized(root, quant, weights):
@@ -93,6 +94,9 @@ def test_fast_equals_plain_quantized(root, quant, weights):
         return
     _close(sampler(*inp), ref)  # episode: this call calibrates through the plain path
     _close(sampler(*other), ref_other)  # served by the sampler's own path
+    # one dense weight per layer (static methods, or TTQ episode with one D per batch): q/k/v fused
+    assert all(g.fused is not None for g in sampler.groups) == (weights == "dense" and (
+        not episode or quant.get("stats_scope") == "batch"))
     assert sampler.calibrations == int(episode)
     if episode:  # a new episode re-calibrates and the sampler follows
         reset_ttq(r)

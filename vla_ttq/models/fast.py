@@ -165,30 +165,44 @@ def ttq_call_forward(module: TTQLinear, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _LayerOps:
-    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    qkv: "_Group"
     o: _Linear
-    gate_up: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    gate_up: "_Group"
     down: _Linear
 
 
-def _fused(parts: Sequence[_Linear], fuse: bool):
-    """One matrix product for several linears reading the same input, when all have dense weights.
+class _Group:
+    """Linears reading the same input (q/k/v, gate/up): one matrix product once all have dense weights.
 
-    Returns (fn, tensor the sampler now owns or None). Plain ``nn.Linear`` parts are re-pointed at
-    slices of the fused weight and dequantized copies are replaced by slices: nothing is held twice.
-    """
-    weights = [p.dense_weight for p in parts]
-    if fuse and all(w is not None for w in weights) and len({w.dtype for w in weights}) == 1:
-        sizes = [w.shape[0] for w in weights]
+    Plain ``nn.Linear`` parts are re-pointed at slices of the fused weight and dequantized copies
+    are replaced by slices, so nothing is held twice; an episode re-calibration copies into the
+    slices, which updates the fused weight in place (a captured graph stays valid)."""
+
+    def __init__(self, parts: Sequence[_Linear], fuse: bool):
+        self.parts, self.fuse = list(parts), fuse
+        self.fused: torch.Tensor | None = None
+        self.owned: torch.Tensor | None = None  # the fused tensor when the sampler (not a module) owns it
+        self.try_fuse()
+
+    def try_fuse(self) -> None:
+        if not self.fuse or self.fused is not None:
+            return
+        weights = [p.dense_weight for p in self.parts]
+        if any(w is None for w in weights) or len({w.dtype for w in weights}) != 1:
+            return
+        self.sizes = [w.shape[0] for w in weights]
         fused = torch.cat(weights, dim=0)
-        owned = False
-        for p, piece in zip(parts, fused.split(sizes, dim=0)):
+        for p, piece in zip(self.parts, fused.split(self.sizes, dim=0)):
             if p.kind == "linear":
                 p.module.weight.data = piece
             else:
-                p.dense, p.owned, owned = [piece], [], True
-        return (lambda x: F.linear(x, fused).split(sizes, dim=-1)), (fused if owned else None)
-    return (lambda x: tuple(p(x) for p in parts)), None
+                p.dense, p.owned, self.owned = [piece], [], fused
+        self.fused = fused
+
+    def __call__(self, x: torch.Tensor):
+        if self.fused is not None:
+            return F.linear(x, self.fused).split(self.sizes, dim=-1)
+        return tuple(p(x) for p in self.parts)
 
 
 # --- element-wise glue between the matrix products (optionally compiled into fused kernels) ----
@@ -291,7 +305,7 @@ class FastSampler:
         self.norm_gain = {id(n): 1.0 + n.weight.float() for layer in model.language_model.layers
                           for n in (layer.input_layernorm, layer.post_attention_layernorm)}
         self.linears: dict[str, _Linear] = {}
-        self._fused_owned: list[torch.Tensor] = []
+        self.groups: list[_Group] = []
         self.lm_ops = self._layer_ops(model.language_model, "lm")
         self.expert_ops = self._layer_ops(model.expert, "expert")
         self._time_conditioning()
@@ -310,9 +324,8 @@ class FastSampler:
             a, mlp = layer.self_attn, layer.mlp
             q, k, v = (self._wrap(getattr(a, n), f"{tag}.{i}.{n}") for n in ("q_proj", "k_proj", "v_proj"))
             g, u = self._wrap(mlp.gate_proj, f"{tag}.{i}.gate_proj"), self._wrap(mlp.up_proj, f"{tag}.{i}.up_proj")
-            qkv, t1 = _fused([q, k, v], self.fuse)
-            gate_up, t2 = _fused([g, u], self.fuse)
-            self._fused_owned += [t for t in (t1, t2) if t is not None]
+            qkv, gate_up = _Group([q, k, v], self.fuse), _Group([g, u], self.fuse)
+            self.groups += [qkv, gate_up]
             ops.append(_LayerOps(qkv, self._wrap(a.o_proj, f"{tag}.{i}.o_proj"), gate_up,
                                  self._wrap(mlp.down_proj, f"{tag}.{i}.down_proj")))
         return ops
@@ -447,6 +460,8 @@ class FastSampler:
     def refresh(self) -> None:
         for lin in self.linears.values():
             lin.refresh()
+        for group in self.groups:  # episode TTQ layers fuse once they have dense weights
+            group.try_fuse()
 
     def capture(self, warmup: int = 2) -> None:
         """Record the call as a CUDA graph (after a warm-up on a side stream, as torch requires)."""
@@ -482,7 +497,8 @@ class FastSampler:
 
     def owned_tensors(self) -> list[torch.Tensor]:
         """Weight copies this sampler allocated (dequantized or fused weights), for memory accounting."""
-        return [t for lin in self.linears.values() for t in lin.owned] + list(self._fused_owned)
+        return [t for lin in self.linears.values() for t in lin.owned] + [g.owned for g in self.groups
+                                                                             if g.owned is not None]
 
 
 __all__ = ["FastSampler", "WEIGHT_MODES", "ttq_call_forward", "ttq_episode_dense", "MASK_VALUE"]
