@@ -140,6 +140,7 @@ def build_lerobot_policy(cfg: Pi05Config, state: dict[str, torch.Tensor], device
 
 def lerobot_processors(checkpoint_dir: Path, tokenizer_dir: Path, device: str):
     """lerobot's own pre/post-processor pipelines read from a checkpoint directory's json files."""
+    import_lerobot_pi05()
     importlib.import_module("lerobot.policies.pi05.processor_pi05")  # registers the pi05 state step
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action

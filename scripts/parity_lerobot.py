@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ref32, ours32 = run_lerobot(policy, pre, post, obs, noise), run_ours(ours, obs, noise)
         res["float32"] = compare(ours32, ref32)
         res["prompts"] = ref32["prompts"]
+        (out_dir / "parity_lerobot.json").write_text(json.dumps(res, indent=2))  # partial, in case of a crash
         del policy
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         # the scale of bfloat16 rounding: each bfloat16 model against lerobot in float32
         res["bfloat16_lerobot_vs_lerobot_float32"] = float_compare(ref16, ref32)
         res["bfloat16_ours_vs_lerobot_float32"] = float_compare(ours16, ref32)
+        (out_dir / "parity_lerobot.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: res[k] for k in ("float32", "bfloat16")}), flush=True)
 
         # B=1 latency, bfloat16: the model's sample_actions (10 flow steps) from prepared inputs
         one, n1 = obs[:1], noise[:1].to(dev)
