@@ -1,6 +1,6 @@
 """Reference outputs of lerobot 0.6.1's own pi0.5 at TINY sizes, for the CPU parity test.
 
-Needs lerobot 0.6.1 (Python >= 3.12; see /work/main/.wt/lerobot-whl/README.txt or docs/parity/).
+Needs lerobot 0.6.1 (Python >= 3.12; wheels and install command: docs/parity/lerobot_wheels_README.txt).
 Writes our tiny checkpoint (``vla_ttq.models.tiny``, seed 0), builds lerobot's ``PI05Policy`` at
 the same sizes holding the same weights, runs lerobot's own preprocessor (normaliser, state
 prompt, tokenizer from the checkpoint's tokenizer directory), image preprocessing, prefix

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vla_ttq.adapters.lerobot import (lerobot_quant_targets, quantize_lerobot_policy, require_lerobot,
-                                      reset_lerobot_policy)
+from vla_ttq.adapters.lerobot import (calibrate_lerobot_policy, lerobot_quant_targets, quantize_lerobot_policy,
+                                      require_lerobot, reset_lerobot_policy)
 from vla_ttq.config import QuantConfig
 from vla_ttq.quant.modules import QuantLinear, TTQLinear
 
@@ -93,6 +93,22 @@ def test_expert_option_and_ttq():
                                      check_type=False)
     assert len(report.modules) == 2 * 7 * LAYERS
     assert all(isinstance(tree.get_submodule(n), TTQLinear) for n in expert_names())
+
+
+def test_awq_calibration_on_the_same_layers():
+    tree = lerobot_like_tree()
+    x = torch.randn(16, 64)
+
+    def run():
+        for name, m in tree.named_modules():
+            if isinstance(m, nn.Linear):
+                m(x)
+
+    stats = calibrate_lerobot_policy(tree, run)
+    assert sorted(stats) == sorted(lm_names())
+    report = quantize_lerobot_policy(tree, QuantConfig(method="awq", bits=4, group=64, alpha_grid=(0.0, 0.5)),
+                                     calibration=stats, check_type=False)
+    assert set(report.awq_alpha) == set(lm_names())
 
 
 def test_tree_without_paligemma_is_refused():
