@@ -13,4 +13,4 @@ fi
 PY=${PYTHON:-python3}
 # torch first, pinned, so no extra below can pull a multi-GB CUDA build (a CPU wheel here).
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[model,libero,server,kernels,dev]"
+$PY -m pip install -q -e ".[model,libero,server,kernels,dist,dev]"
