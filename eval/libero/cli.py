@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
     x.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     x.add_argument("--log-level", default="WARNING")
+    from .dist_cli import add_arguments
+
+    add_arguments(p)  # --grid, --workers, --ray-address (Ray; docs/distributed.md)
     return p
 
 
@@ -110,29 +113,34 @@ def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The EvalConfig fields the command line sets (--preset, --quant-config, explicit flags), nested
+    like EvalConfig: ``{"episodes": 2, "quant": {...}, "calib": {...}}``. Also applied to every run of
+    a --grid."""
+    preset = dict(PRESETS[args.preset]) if args.preset else {}
+    flat = {k: v for k, v in vars(args).items() if v is not None}
+    for k, v in preset.items():
+        flat.setdefault(k, v)
+    quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else {}
+    quant.update({k: flat[k] for k in ("method", "bits", "group", "rank", "recompute") if k in flat})
+    calib = {k: flat[f"calib_{k}"] for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
+             if f"calib_{k}" in flat}
+    top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
+                                "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
+                                "num_steps_wait", "n_envs", "out", "video", "cache_dir") if k in flat}
+    return {**top, **({"quant": quant} if quant else {}), **({"calib": calib} if calib else {})}
+
+
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """Defaults <- --config YAML <- --preset <- explicit flags."""
     base = to_dict(load_yaml(EvalConfig, args.config)) if args.config else to_dict(EvalConfig(device="cpu"))
     if not args.config:
         base["device"] = None
-    preset = dict(PRESETS[args.preset]) if args.preset else {}
-    flat = {k: v for k, v in vars(args).items() if v is not None}
-    for k, v in preset.items():
-        flat.setdefault(k, v)
-    quant = dict(base["quant"])
-    if args.quant_config:
-        quant = to_dict(load_yaml(QuantConfig, args.quant_config))
-    for k in ("method", "bits", "group", "rank", "recompute"):
-        if k in flat:
-            quant[k] = flat[k]
-    calib = dict(base["calib"])
-    for k in ("suite", "episodes", "tasks", "max_steps", "dataset"):
-        if f"calib_{k}" in flat:
-            calib[k] = flat[f"calib_{k}"]
-    top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
-                                "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "n_envs", "out", "video", "cache_dir") if k in flat}
-    merged = {**base, **top, "quant": quant, "calib": calib}
+    over = flag_overrides(args)
+    quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else dict(base["quant"])
+    quant.update(over.pop("quant", {}))
+    calib = {**base["calib"], **over.pop("calib", {})}
+    merged = {**base, **over, "quant": quant, "calib": calib}
     if merged.get("device") is None:
         merged["device"] = _auto_device()
     return from_dict(EvalConfig, merged)
@@ -199,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from . import dist_cli
+
+    if dist_cli.wants_distributed(args):
+        return dist_cli.main(args, parser)
     try:
         cfg = config_from_args(args)
         if args.dry_run:

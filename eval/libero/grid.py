@@ -1,7 +1,7 @@
 """A grid of LIBERO runs in one YAML file (``configs/table13.yaml``): shared fields plus named runs.
 
     name: table13
-    out: results/libero/table13.jsonl     # one resumable store for every run of the grid
+    out: results/libero/table13           # OUT/episodes.jsonl: one resumable store for every run
     base: {suite: all, episodes: 20, quant: {bits: 2, group: 64}}
     runs:
       rtn: {quant: {method: rtn}}
@@ -39,7 +39,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 @dataclass
 class GridConfig:
     name: str = "grid"
-    out: str = "results/libero/grid.jsonl"
+    out: str = "results/libero/grid"  # directory, as --out: OUT/episodes.jsonl, OUT/summaries, OUT/configs
     base: dict[str, Any] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -51,8 +51,8 @@ class GridConfig:
             raise ValueError(f"grid 'base' must be a mapping of EvalConfig fields, got {type(self.base).__name__}")
         if not isinstance(self.runs, dict) or not self.runs:
             raise ValueError("grid 'runs' must be a non-empty mapping: run name -> EvalConfig fields")
-        if not str(self.out).endswith(".jsonl"):
-            raise ValueError(f"grid 'out' must be a .jsonl results file, got {self.out!r}")
+        if not self.out or str(self.out).endswith(".jsonl"):
+            raise ValueError(f"grid 'out' is a results directory (like --out), got {self.out!r}")
         self.eval_configs()  # every run must be a valid EvalConfig (errors name the run)
 
     def eval_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, EvalConfig]:
