@@ -249,7 +249,8 @@ def run_distributed(configs: dict[str, EvalConfig], store: ResultsStore, *, work
 
     Uses an already initialised Ray as it is; otherwise starts a local one (``address`` None) or
     joins the cluster at ``address`` ("auto", "host:port"), and shuts it down at the end.
-    ``on_result(dispatcher, records)`` is called after each chunk's records are written."""
+    ``on_result(dispatcher, records)`` is called after each chunk's records are written and the
+    freed worker got its next chunk (tests use it to kill workers mid-run)."""
     if not configs:
         raise ValueError("no runs to evaluate")
     if workers is not None and workers < 1:
@@ -382,11 +383,11 @@ class Dispatcher:
                 else:
                     self.last[w] = chunk
                     self.write(value)
-                    if self.on_result:
-                        self.on_result(self, value)
                 if not self.assign(w):
                     self.idle.append(w)
                 self._fill()
+                if chunk is not None and self.on_result:
+                    self.on_result(self, value)
         finally:
             self.bar.close()
             for w, _ in list(self.pending.values()) + [(w, None) for w in self.idle]:
