@@ -110,6 +110,25 @@ def test_compose_server_command_parses_with_the_real_cli():
     assert f"{args.port}:{args.port}" in svc["ports"]
 
 
+def test_compose_eval_command_parses_with_the_real_cli():
+    from eval.libero.cli import build_parser
+
+    svc = compose()["services"]["eval"]
+    assert svc["entrypoint"] == ["python", "-m", "eval.libero"]
+    args = build_parser().parse_args([substitute_defaults(a) for a in svc["command"]])
+    assert (ROOT / args.grid).is_file() and args.workers == 8 and args.device == "cuda"
+    assert args.out.startswith("/results/")
+
+
+def test_compose_cluster_services_start_ray():
+    services = compose()["services"]
+    for name in ("ray-head", "ray-worker"):
+        svc = services[name]
+        assert svc["profiles"] == ["cluster"] and svc["network_mode"] == "host"
+        assert svc["entrypoint"][:2] == ["ray", "start"] and "--block" in svc["entrypoint"]
+    assert "--head" in services["ray-head"]["entrypoint"]
+
+
 def ignored(path: str, patterns: list[str]) -> bool:
     """Whether .dockerignore drops ``path`` (a pattern matches it or one of its parent folders)."""
     parts = path.split("/")
