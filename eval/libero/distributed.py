@@ -179,7 +179,7 @@ class EpisodeWorker:
         if self.task != chunk.task[1:] or len(self.pool) > cfg.n_envs:
             self.pool.close()  # keep only the current task's simulators (~1 GB each), not calibration's
         self.task = chunk.task[1:]
-        video_dir = Path(cfg.out).with_suffix("") / "videos" if cfg.video else None
+        video_dir = Path(cfg.out) / "videos" if cfg.video else None  # on the worker's machine
         with tempfile.TemporaryDirectory(prefix="vla_ttq_chunk_") as tmp:
             store = ResultsStore(Path(tmp) / "chunk.jsonl")
             return run_items(policy, list(chunk.items), store, n_envs=cfg.n_envs, video_dir=video_dir,
