@@ -201,3 +201,29 @@ def test_more_workers_than_the_cluster_has_is_an_error(ray_local, tmp_path):
     gpu = EvalConfig(suite="spatial", policy="tiny", episodes=1, tasks=(0,), device="cuda")
     with pytest.raises(ValueError, match="no GPU"):
         run_distributed({"x": gpu}, ResultsStore(tmp_path / "e.jsonl"), workers=1, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_grid_cli_on_ray_writes_one_store_and_a_matrix(ray_local, tmp_path, capsys):
+    """``python -m eval.libero --grid G --workers 1`` end to end: two runs, one worker, one store."""
+    from eval.libero.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "t", "out": str(tmp_path / "out"),
+        "base": {"suite": "spatial", "policy": "tiny", "episodes": 1, "tasks": [0], "max_steps": 2,
+                 "num_steps_wait": 0, "camera_res": 32, "cache_dir": str(tmp_path / "cache")},
+        "runs": {"fp": {"quant": {"method": "fp"}}, "rtn": {"quant": {"method": "rtn", "bits": 4}}}}))
+    assert main(["--grid", str(grid), "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    records = ResultsStore(tmp_path / "out" / "episodes.jsonl").records()
+    assert sorted(r["method"] for r in records) == ["fp", "rtn"]
+    assert all(r["steps"] == 2 for r in records)
+    matrix = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.split()[:1] in (["fp"], ["rtn"])}
+    assert set(matrix) == {"fp", "rtn"} and all(v[0].endswith("%") and v[1] in ("(0/1)", "(1/1)") for v in matrix.values())
+    assert "2 episodes written, 0 already done" in out
+    assert len(list((tmp_path / "out" / "configs").glob("spatial-*.yaml"))) == 2
+    assert len(list((tmp_path / "out" / "summaries").glob("spatial-*.json"))) == 2
+    assert main(["--grid", str(grid), "--workers", "1", "--no-progress"]) == 0  # resumes: nothing to run
+    assert "0 episodes written, 2 already done" in capsys.readouterr().out
