@@ -1,0 +1,145 @@
+"""One LIBERO task in the simulator, producing the policy contract's observations.
+
+Follows lerobot's LIBERO env (see docs/libero.md): two cameras rendered square at
+``camera_res``, both images rotated 180° (flip H and W), 8-dim state = eef position +
+eef axis-angle + gripper joint positions, fixed init state per episode index, ``num_steps_wait``
+no-op steps after reset, success from ``check_success()``.
+
+Creating a simulator costs ~17 s on a small CPU, so :class:`EnvPool` keeps environments alive
+and hands them out again per (suite, task, resolution).
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import threading
+from collections import defaultdict
+
+import numpy as np
+
+from . import protocol
+from .protocol import configure_rendering
+
+
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) quaternion -> axis * angle, as robosuite's quat2axisangle and lerobot."""
+    x, y, z, w = (float(v) for v in quat)
+    w = min(1.0, max(-1.0, w))
+    den = math.sqrt(max(0.0, 1.0 - w * w))
+    if den < 1e-10:
+        return np.zeros(3, dtype=np.float64)
+    return np.array([x, y, z], dtype=np.float64) / den * (2.0 * math.acos(w))
+
+
+def to_observation(raw: dict, prompt: str) -> dict:
+    """A raw robosuite observation -> the contract's observation dict."""
+    obs = {key: np.ascontiguousarray(raw[cam][::-1, ::-1]) for cam, key in protocol.CAMERAS.items()}
+    state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
+                            raw["robot0_gripper_qpos"]]).astype(np.float32)
+    obs[protocol.STATE_KEY] = state
+    obs[protocol.PROMPT_KEY] = prompt
+    return obs
+
+
+class LiberoTaskEnv:
+    """One task's simulator: ``reset(init_state, seed)`` and ``step(action)`` return contract observations."""
+
+    def __init__(self, suite: str, task_id: int, camera_res: int = protocol.CAMERA_RES):
+        configure_rendering()
+        from libero.libero import get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+
+        bench = protocol.benchmark_suite(suite)
+        if not 0 <= task_id < bench.n_tasks:
+            raise ValueError(f"task id {task_id} out of range for suite {suite!r} (0..{bench.n_tasks - 1})")
+        task = bench.get_task(task_id)
+        self.suite, self.task_id, self.camera_res = suite, task_id, camera_res
+        self.task_name, self.prompt = task.name, task.language
+        self.init_states = bench.get_task_init_states(task_id)
+        bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        # hard_reset=False: reset restores the compiled model instead of rebuilding it (0.3 s vs 3 s);
+        # the full simulator state is then overwritten by the fixed init state anyway.
+        self.env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=camera_res, camera_widths=camera_res,
+                                      hard_reset=False)
+        self.env.reset()
+
+    def reset(self, init_state: int, seed: int, num_steps_wait: int = protocol.NUM_STEPS_WAIT) -> dict:
+        if not 0 <= init_state < len(self.init_states):
+            raise ValueError(f"init state {init_state} out of range (task has {len(self.init_states)})")
+        self.env.seed(int(seed))
+        self.env.reset()
+        raw = self.env.set_init_state(self.init_states[init_state])
+        for _ in range(num_steps_wait):
+            raw, _, _, _ = self.env.step(list(protocol.DUMMY_ACTION))
+        return to_observation(raw, self.prompt)
+
+    def step(self, action) -> tuple[dict, bool, bool]:
+        """-> (observation, success, done). ``done``: the simulator's own horizon ended."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape[0] != protocol.ACTION_DIM:
+            raise ValueError(f"LIBERO expects {protocol.ACTION_DIM}-dim actions, got shape {np.shape(action)}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"non-finite action {a}")
+        raw, _, done, _ = self.env.step(a)
+        return to_observation(raw, self.prompt), bool(self.env.check_success()), bool(done)
+
+    def frame(self, obs: dict) -> np.ndarray:
+        """Video frame: agentview | wrist side by side, upright."""
+        return np.concatenate([obs["observation/image"], obs["observation/wrist_image"]], axis=1)
+
+    def close(self) -> None:
+        try:
+            self.env.close()
+        except Exception:  # closing a half-built simulator must not hide the real error
+            pass
+
+
+class EnvPool:
+    """Keeps created environments per (suite, task, resolution) for reuse."""
+
+    def __init__(self):
+        self._free: dict[tuple, list[LiberoTaskEnv]] = defaultdict(list)
+        self._all: list[LiberoTaskEnv] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, suite: str, task_id: int, camera_res: int) -> LiberoTaskEnv:
+        key = (suite, int(task_id), int(camera_res))
+        with self._lock:
+            if self._free[key]:
+                return self._free[key].pop()
+        env = LiberoTaskEnv(suite, task_id, camera_res)
+        with self._lock:
+            self._all.append(env)
+        return env
+
+    def release(self, env: LiberoTaskEnv) -> None:
+        with self._lock:
+            self._free[(env.suite, env.task_id, env.camera_res)].append(env)
+
+    def close(self) -> None:
+        with self._lock:
+            for env in self._all:
+                env.close()
+            self._all.clear()
+            self._free.clear()
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+
+_DEFAULT_POOL: EnvPool | None = None
+
+
+def default_pool() -> EnvPool:
+    """Process-wide pool: consecutive runs in one process (calibration, then evaluation) share envs."""
+    global _DEFAULT_POOL
+    if _DEFAULT_POOL is None:
+        _DEFAULT_POOL = EnvPool()
+        atexit.register(_DEFAULT_POOL.close)
+    return _DEFAULT_POOL
+
+
+__all__ = ["LiberoTaskEnv", "EnvPool", "default_pool", "to_observation", "quat_to_axis_angle",
+           "configure_rendering"]
