@@ -10,9 +10,8 @@ import torch
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models.fast import FastSampler, ttq_call_forward
-from vla_ttq.models.loading import build_random_model
 from vla_ttq.models.quantize import quant_filter
-from vla_ttq.models.tiny import make_tiny_checkpoint, tiny_config
+from vla_ttq.models.tiny import build_random_model, make_tiny_checkpoint, tiny_config
 from vla_ttq.models import load_policy
 from vla_ttq.quant import offload_ttq_masters, quantize_, reset_ttq
 from vla_ttq.quant.modules import TTQLinear

@@ -13,9 +13,8 @@ import torch
 from ..config import QuantConfig
 from ..models.config import Pi05Config
 from ..models.fast import FastSampler
-from ..models.loading import build_random_model
 from ..models.quantize import quant_filter
-from ..models.tiny import tiny_config
+from ..models.tiny import build_random_model, tiny_config
 from ..quant.api import calibrate, offload_ttq_masters, quantize_, reset_ttq
 from .measure import (clean, host_master_bytes, memory_now, reset_peak, summarise, sync, time_calls,
                       weight_bytes)

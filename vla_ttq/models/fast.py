@@ -364,7 +364,8 @@ class FastSampler:
     def _rope_tables(self, positions, spec):
         """cos, signed sin (rotate_half folded in), both (B, L, 1, D); the query's copies also carry
         the attention scale 1/sqrt(D) (a power of two for pi0.5's D = 256, so exact)."""
-        cos, sin = rope_tables(positions, spec.head_dim, spec.rope_theta, self.dtype)
+        cos, sin = rope_tables(positions, spec.head_dim, spec.rope_theta, self.dtype,
+                               self.model.rope_like_lerobot)
         half = spec.head_dim // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         cos, sin = cos[:, :, None], sin[:, :, None]

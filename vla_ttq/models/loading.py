@@ -143,27 +143,3 @@ def save_checkpoint(root: Pi05Checkpoint, path: str | Path, with_lm_heads: bool 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
 
-
-@torch.no_grad()
-def build_random_model(cfg: Pi05Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                       seed: int = 0) -> Pi05Checkpoint:
-    """A randomly initialised model made directly on ``device`` (for speed and memory benchmarks).
-
-    Built on ``meta`` and materialised one tensor at a time on the device in the dtype lerobot
-    would give it, so a full-size model never passes through host memory. Matrices get
-    N(0, 1/fan_in); norm gains and biases are small around their neutral value.
-    """
-    with torch.device("meta"):
-        root = Pi05Checkpoint(cfg)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    state = {}
-    for name, p in root.named_parameters():
-        t = torch.empty(p.shape, dtype=param_dtype(name, dtype), device=device)
-        if p.dim() == 1:
-            centre = 1.0 if ("layer_norm" in name or "post_layernorm" in name) and name.endswith("weight") else 0.0
-            t.normal_(centre, 0.1, generator=gen)
-        else:
-            t.normal_(0.0, p[0].numel() ** -0.5, generator=gen)
-        state[name] = t
-    root.load_state_dict(state, strict=True, assign=True)
-    return root.eval().requires_grad_(False)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .config import GemmaSpec, Pi05Config, VisionSpec
 from .loading import WEIGHTS_FILE, save_checkpoint
-from .pi05 import Pi05Checkpoint
+from .pi05 import Pi05Checkpoint, param_dtype
 from .processing import DEFAULT_TOKENIZER
 
 STATE_DIM, ACTION_DIM = 8, 7
@@ -145,6 +145,22 @@ def randomize_(root: Pi05Checkpoint, seed: int) -> None:
             p.copy_(centre + 0.1 * noise)
         else:
             p.copy_(noise / p[0].numel() ** 0.5)
+
+
+@torch.no_grad()
+def build_random_model(cfg: Pi05Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                       seed: int = 0) -> Pi05Checkpoint:
+    """A random model of any size made directly on ``device`` (for speed and memory benchmarks).
+
+    Built on ``meta``, materialised one tensor at a time on the device in the dtype lerobot would
+    give it (so a full-size model never passes through host memory), then :func:`randomize_`."""
+    with torch.device("meta"):
+        root = Pi05Checkpoint(cfg)
+    state = {name: torch.empty(p.shape, dtype=param_dtype(name, dtype), device=device)
+             for name, p in root.named_parameters()}
+    root.load_state_dict(state, strict=True, assign=True)
+    randomize_(root, seed)
+    return root.eval().requires_grad_(False)
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, cfg: Pi05Config | None = None,
