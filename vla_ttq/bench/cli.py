@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-fuse", action="store_true", help="do not fuse q/k/v and gate/up")
     ap.add_argument("--lerobot", choices=("auto", "on", "off"), default="auto",
                     help="time lerobot's PI05Pytorch too (auto: when importable, on CUDA, full preset)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one eager fast call of each fp mode (kernel count, top kernels; CUDA only)")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--stem", default=None, help="file name stem of the JSON/markdown (default: preset_gpu_date)")
     return ap.parse_args(argv)
@@ -50,7 +52,7 @@ def main(argv=None) -> dict:
     settings = BenchSettings(preset=args.preset, device=args.device, batch_sizes=tuple(args.batch),
                              num_cameras=args.cameras, num_tokens=args.tokens, steps=args.steps, reps=args.reps,
                              budget_s=args.budget, group=args.group, stats_scope=args.stats_scope,
-                             fuse=not args.no_fuse)
+                             fuse=not args.no_fuse, profile=args.profile and device.type == "cuda")
     modes = standard_modes(include_plain=not args.no_plain)
     if args.only:
         pattern = re.compile(args.only)

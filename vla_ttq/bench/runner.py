@@ -41,6 +41,7 @@ class BenchSettings:
     awq_reservoir: int = 256
     seed: int = 0
     fuse: bool = True
+    profile: bool = False  # profile one eager fast call of the fp modes at the first batch size
     extra: dict = field(default_factory=dict)
 
     def model_config(self) -> Pi05Config:
@@ -177,6 +178,15 @@ class Runner:
         out["graph"] = bool(sampler is not None and sampler.graph is not None)
         if sampler is not None and sampler.graph is not None and mode.method == "fp":
             out.update(self.phases(sampler))
+            if s.profile and batch == s.batch_sizes[0]:
+                from .profile import profile_call
+                try:
+                    prof = profile_call(sampler._run, dev)
+                except Exception as e:  # the profile is a diagnostic: never lose the row for it
+                    prof = {"kernels": None, "kernel_time_ms": float("nan"), "table": f"profile failed: {e}"}
+                self.log(f"profile of {mode.name} B={batch} (eager fast path): {prof['kernels']} kernels, "
+                         f"{prof['kernel_time_ms']:.1f} ms of kernel time\n{prof['table']}")
+                out["profile_kernels"], out["profile_kernel_time_ms"] = prof["kernels"], prof["kernel_time_ms"]
         if sampler is not None:  # the fast path must compute what the plain path computes
             fast = sampler(*inp).clone()
             ref = model.sample_actions(*inp)
