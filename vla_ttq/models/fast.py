@@ -126,6 +126,9 @@ class _Linear:
                 return F.linear(x, self.dense[0], None if self.bias is None else self.bias.to(x.dtype))
             return m(x)
         if self.kind == "ttq_call":
+            backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
+            if backend != "reference":  # a kernel backend's one-pass quantize + low-bit matmul
+                return _per_slot(m, x, lambda xi, i: m._forward_one(xi, i, backend))
             return _per_slot(m, x, lambda xi, _: ttq_call_forward(m, xi))
         if self.dense is not None:
             bias = None if self.bias is None else self.bias.to(x.dtype)
