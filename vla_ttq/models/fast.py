@@ -311,6 +311,12 @@ class FastSampler:
         self.groups: list[_Group] = []
         self.lm_ops = self._layer_ops(model.language_model, "lm")
         self.expert_ops = self._layer_ops(model.expert, "expert")
+        if self.cuda_graph:
+            checked = [n for n, lin in self.linears.items() if lin.kind == "ttq_call" and lin.module.cfg.check_finite]
+            if checked:
+                raise ValueError(f"{len(checked)} per-call TTQ layers (e.g. {checked[0]}) check their input for NaN/inf, "
+                                 "a host synchronisation a CUDA graph cannot hold: set QuantConfig.check_finite=False "
+                                 "or cuda_graph=False")
         self._time_conditioning()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calibrations = 0  # eager episode calibrations this sampler ran
