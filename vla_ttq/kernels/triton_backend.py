@@ -12,6 +12,8 @@ a few candidates once per (shape, bits, group, M bucket).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
 
@@ -19,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
-from . import triton_kernels as tk
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
 
 GEMV_MAX_M = 8
@@ -33,14 +34,29 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_MODULE: list = [None, None]  # [kernels module, interpreted?]
+
+
+def _tk():
+    """The kernels module, imported on first use: triton.jit reads TRITON_INTERPRET when it decorates,
+    so a module imported before the variable was set is re-imported under the interpreter."""
+    if _MODULE[0] is None or _MODULE[1] != interpreting():
+        mod = importlib.import_module(f"{__package__}.triton_kernels")
+        if _MODULE[0] is not None:
+            mod = importlib.reload(mod)
+        _MODULE[:] = [mod, interpreting()]
+    return _MODULE[0]
+
+
 def is_available(device: torch.device, bits: int, group: int) -> bool:
     """CUDA, or CPU under the Triton interpreter (tests); planar layout needs group % 32 == 0."""
-    if group % 32 or not 1 <= bits <= 8:
+    if group % 32 or not 1 <= bits <= 8 or importlib.util.find_spec("triton") is None:
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
 def _tl_dtype(dtype: torch.dtype):
+    tk = _tk()
     return {torch.float16: tk.tl.float16, torch.bfloat16: tk.tl.bfloat16, torch.float32: tk.tl.float32}[dtype]
 
 
@@ -97,6 +113,7 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
 
 
 def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
+    tk = _tk()
     bm, bn, gt, split, warps = cfg
     M, K = x2.shape
     N = packed.shape[0]
@@ -143,6 +160,7 @@ def _tune(key, cands, run) -> tuple:
 
 def dequantize(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """Ŵ / cs as a dense (N, K) tensor in ``dtype`` (one Triton pass)."""
+    tk = _tk()
     N, K = packed.shape
     out = torch.empty((N, K), device=packed.data.device, dtype=dtype)
     sl = _slices(packed.bits, K)
@@ -193,6 +211,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16) -> PlanarPackedWeight:
     """TTQ's online step, one Triton pass: Q[w * col_scale] straight into the planar layout."""
+    tk = _tk()
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D, got shape {tuple(w.shape)}")
     N, K = w.shape

@@ -210,6 +210,17 @@ def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, stride_wn, col
 
 
 @triton.jit
+def _round_to(x, DTYPE: tl.constexpr):
+    """fp32 -> DTYPE -> fp32, rounding to nearest even. bf16 by hand: the interpreter truncates."""
+    if DTYPE == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + (((u >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True)
+    else:
+        return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
 def _or(a, b):
     return a | b
 
@@ -261,9 +272,9 @@ def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, stride_wn, co
     floor = tl.maximum(tl.maximum(tl.abs(wmax), tl.abs(wmin)) * 9.5367431640625e-07, 1.1754943508222875e-38)
     scale = tl.where(scale > 0, scale, floor)
     if PARAM_DTYPE != tl.float32:
-        scale = scale.to(PARAM_DTYPE).to(tl.float32)
+        scale = _round_to(scale, PARAM_DTYPE)
         scale = tl.where(scale > 0, scale, PARAM_MIN)
-        wmin = wmin.to(PARAM_DTYPE).to(tl.float32)
+        wmin = _round_to(wmin, PARAM_DTYPE)
     v = (w - wmin[:, :, None]) / scale[:, :, None]
     v = (v + 12582912.0) - 12582912.0  # round half to even, like torch.round
     codes = tl.minimum(tl.maximum(v, 0.0), QMAX).to(tl.int32)
