@@ -23,7 +23,26 @@ def _code_float(words, shift, WBITS: tl.constexpr):
 
 
 @triton.jit
-def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K, stride_wn,
+def _slab_float(words, SH: tl.constexpr, WBITS: tl.constexpr):
+    """Codes of bit field [SH, SH+WBITS) as floats times 2^SH when that fits the mantissa
+    (one masked OR, no shift: the caller scales x by 2^-SH, exactly), else plain codes."""
+    if SH + WBITS <= 23:
+        q = (words & (((1 << WBITS) - 1) << SH)) | 0x4B000000
+        return q.to(tl.float32, bitcast=True) - 8388608.0
+    else:
+        return _code_float(words, SH, WBITS)
+
+
+@triton.jit
+def _slab_x_scale(SH: tl.constexpr, WBITS: tl.constexpr):
+    if SH + WBITS <= 23:
+        return 1.0 / (1 << SH)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K, stride_wn,
                 col0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr):
     """Contribution (BM, BN) of one code slice over groups [g0, g0+GT): FMA on CUDA cores."""
@@ -38,24 +57,43 @@ def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask
     words = tl.load(w_ptr + offs_n[:, None] * stride_wn + (col0 + gi * WG + c % WG)[None, :], mask=wmask, other=0)
     sz_off = offs_n[:, None] * G + gi[None, :]
     scale = tl.load(s_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-    xmask = mask_m[:, None] & mask_c[None, :]
-    acc = tl.zeros((BM, BN, BKW), tl.float32)
-    xsum = tl.zeros((BM, BKW), tl.float32)
-    for i in tl.static_range(CPW):
-        k = kbase + i * WG
-        xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
-        if HAS_CS:
-            xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0)[None, :])
-        acc += xi[:, None, :] * _code_float(words, i * WBITS, WBITS)[None, :, :]
+    if BM == 1:  # decode / action-expert step: 2-D tiles, x broadcast over the rows
+        acc1 = tl.zeros((BN, BKW), tl.float32)
+        xsum1 = tl.zeros((BKW,), tl.float32)
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi = tl.load(x_ptr + offs_m * K + k, mask=mask_c & (offs_m < M), other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0))
+            if WITH_ZERO:
+                xsum1 += xi
+            acc1 += (xi * _slab_x_scale(i * WBITS, WBITS))[None, :] * _slab_float(words, i * WBITS, WBITS)
+        out1 = tl.sum(acc1 * scale, axis=1)
+        if SLICE_SCALE != 1:
+            out1 = out1 * SLICE_SCALE
         if WITH_ZERO:
-            xsum += xi
-    out = tl.sum(acc * scale[None, :, :], axis=2)
-    if SLICE_SCALE != 1:
-        out = out * SLICE_SCALE
-    if WITH_ZERO:
-        zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-        out += tl.sum(xsum[:, None, :] * zero[None, :, :], axis=2)
-    return out
+            zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
+            out1 += tl.sum(xsum1[None, :] * zero, axis=1)
+        return out1[None, :]
+    else:
+        xmask = mask_m[:, None] & mask_c[None, :]
+        acc = tl.zeros((BM, BN, BKW), tl.float32)
+        xsum = tl.zeros((BM, BKW), tl.float32)
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0)[None, :])
+            if WITH_ZERO:
+                xsum += xi
+            acc += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None, :] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
+        out = tl.sum(acc * scale[None, :, :], axis=2)
+        if SLICE_SCALE != 1:
+            out = out * SLICE_SCALE
+        if WITH_ZERO:
+            zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
+            out += tl.sum(xsum[:, None, :] * zero[None, :, :], axis=2)
+        return out
 
 
 @triton.jit
@@ -141,13 +179,13 @@ def quant_matmul_kernel(
                 acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
                                  stride_wn, col2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
         else:
-            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
+            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
                                stride_wn, 0, 1, W0, GROUP, GT, BM, BN, HAS_CS, True)
             if W1 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
                                    stride_wn, col1, 1 << OFF1, W1, GROUP, GT, BM, BN, HAS_CS, False)
             if W2 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
                                    stride_wn, col2, 1 << OFF2, W2, GROUP, GT, BM, BN, HAS_CS, False)
     omask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
