@@ -150,9 +150,9 @@ def test_triton_accepts_the_storage_format_and_leading_batch_dims():
 def test_dequantize_kernel_gives_the_effective_weight():
     packed = triton_backend.quantize_pack(rand(16, 128), None, 3, 64)
     cs = col_scale(128)
-    w = triton_backend.dequantize(packed, cs, torch.float32)
+    w = triton_backend.dequantize_t(packed, cs, torch.float32).t()
     ref = packed.dequantize().double() / cs.double()
-    assert rel_err(w, ref) < 1e-6
+    assert rel_err(w, ref) < 1e-6 and w.shape == (16, 128)
 
 
 def test_auto_never_picks_the_interpreter_and_overrides_are_checked():

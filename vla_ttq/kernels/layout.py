@@ -13,6 +13,10 @@ contiguous run of x per group: no register shuffles and no reshapes.
 
 Row storage: the slices follow each other, ``K*w/32`` words each, so a row takes ``K*bits/32``
 int32 words, exactly the bytes of the storage format of ``vla_ttq.quant.packing``.
+
+:class:`PlanarPackedWeight` keeps the words and S, Z **transposed** (word row major, output
+features contiguous): a warp then reads one word row of 32·4 consecutive outputs with 16-byte
+loads, and every thread reduces over the input dimension in its own registers.
 """
 
 from __future__ import annotations
@@ -80,13 +84,25 @@ def planar_unpack(words: torch.Tensor, bits: int, group: int, cols: int) -> torc
 
 @dataclass
 class PlanarPackedWeight(PackedWeight):
-    """A :class:`PackedWeight` whose ``data`` is int32 words in the planar layout (same byte count)."""
+    """A :class:`PackedWeight` in the planar layout, transposed (same byte count).
+
+    ``data`` is int32 of shape (K*bits/32, N); ``scale`` and ``zero`` keep the (N, K/g) shape of
+    every PackedWeight but are transposed views of contiguous (K/g, N) tensors (``scale_t``).
+    """
 
     def codes(self) -> torch.Tensor:
-        return planar_unpack(self.data, self.bits, self.group, self.shape[1])
+        return planar_unpack(self.data.t(), self.bits, self.group, self.shape[1])
+
+    @property
+    def scale_t(self) -> torch.Tensor:
+        return self.scale.t()
+
+    @property
+    def zero_t(self) -> torch.Tensor:
+        return self.zero.t()
 
     def to(self, device: torch.device | str) -> PlanarPackedWeight:
-        return PlanarPackedWeight(self.data.to(device), self.scale.to(device), self.zero.to(device),
+        return PlanarPackedWeight(self.data.to(device), self.scale_t.to(device).t(), self.zero_t.to(device).t(),
                                   self.bits, self.group, self.shape)
 
     @classmethod
@@ -95,5 +111,5 @@ class PlanarPackedWeight(PackedWeight):
         if isinstance(packed, PlanarPackedWeight):
             return packed
         words = planar_pack(packed.codes(), packed.bits, packed.group)
-        return cls(words.contiguous(), packed.scale.contiguous(), packed.zero.contiguous(),
+        return cls(words.t().contiguous(), packed.scale.t().contiguous().t(), packed.zero.t().contiguous().t(),
                    packed.bits, packed.group, packed.shape)

@@ -61,13 +61,13 @@ def _tl_dtype(dtype: torch.dtype):
 
 
 def _slices(bits: int, K: int) -> dict:
-    """Constexprs W0..W2 / OFF1, OFF2 and word columns col1, col2 of the slices in one row."""
+    """Constexprs W0..W2 / OFF1, OFF2 and first word rows row1, row2 of the slices."""
     sl = slice_widths(bits) + [(0, 0)] * (3 - len(slice_widths(bits)))
-    cols, c = [], 0
+    rows, c = [], 0
     for _, w in sl:
-        cols.append(c)
+        rows.append(c)
         c += K * w // 32
-    return dict(W0=sl[0][1], W1=sl[1][1], W2=sl[2][1], OFF1=sl[1][0], OFF2=sl[2][0], col1=cols[1], col2=cols[2])
+    return dict(W0=sl[0][1], W1=sl[1][1], W2=sl[2][1], OFF1=sl[1][0], OFF2=sl[2][0], row1=rows[1], row2=rows[2])
 
 
 def prepare(packed: PackedWeight) -> PlanarPackedWeight:
@@ -86,21 +86,27 @@ def _next_pow2(n: int) -> int:
 
 
 def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sms: int) -> list[tuple]:
-    """(BM, BN, GT, split, num_warps) candidates; the first one is the heuristic's choice."""
+    """(BM, BN, GT, split, num_warps) candidates; the first one is the heuristic's choice.
+
+    GEMV tiles are 128·num_warps columns wide (4 per thread, 16-byte loads, one warp per 128
+    columns) and ~8 word rows deep, so each thread reduces over K in its registers."""
     G = K // group
     wmin = min(w for _, w in slice_widths(bits))
     out = []
     if use_dot:
         bm = min(64, max(16, _next_pow2(M)))
-        gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 words (tl.dot's K)
-        shapes = [(bm, 64, gt_min, 4), (bm, 128, gt_min, 8), (bm, 32, gt_min, 4), (bm, 64, 2 * gt_min, 8)]
+        gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
+        shapes = [(bm, 64, gt_min, 4), (bm, 128, gt_min, 4), (bm, 128, gt_min, 8), (bm, 64, 2 * gt_min, 4)]
     else:
         bm = _next_pow2(M)
         w0 = slice_widths(bits)[0][1]
-        gt16 = max(1, 16 * 32 // (group * w0))  # ~16 words (64 bytes) of slice 0 per row per tile
-        shapes = [(bm, 64, gt16, 4), (bm, 32, gt16, 4), (bm, 128, gt16, 8), (bm, 64, 2 * gt16, 4),
-                  (bm, 32, max(1, gt16 // 2), 2)]
+        gt8 = max(1, 8 * 32 // (group * w0))  # ~8 word rows of slice 0 per tile
+        if bm == 1:
+            shapes = [(1, 256, gt8, 2), (1, 512, gt8, 4), (1, 128, gt8, 1), (1, 256, 2 * gt8, 2), (1, 512, 2 * gt8, 4)]
+        else:
+            shapes = [(bm, 128, gt8, 1), (bm, 256, gt8, 2), (bm, 64, gt8, 1), (bm, 128, max(1, gt8 // 2), 1)]
     for bm_, bn, gt, warps in shapes:
+        bn = min(bn, max(16, _next_pow2(N)))
         gt = min(gt, _next_pow2(G))
         k_tiles = math.ceil(G / gt)
         programs = math.ceil(N / bn) * math.ceil(M / bm_)
@@ -129,10 +135,10 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
     grid = (math.ceil(N / bn), split, math.ceil(M / bm))
     tk.quant_matmul_kernel[grid](
-        x2, cs if cs is not None else dummy, packed.data, packed.scale, packed.zero, dst,
+        x2, cs if cs is not None else dummy, packed.data, packed.scale_t, packed.zero_t, dst,
         bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
         lr_b if lr_b is not None else dummy,
-        M, N, K, G, packed.data.shape[1], sl["col1"], sl["col2"], per, R,
+        M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
         BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
         num_warps=warps, **common,
@@ -158,16 +164,16 @@ def _tune(key, cands, run) -> tuple:
     return best
 
 
-def dequantize(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """Ŵ / cs as a dense (N, K) tensor in ``dtype`` (one Triton pass)."""
+def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """(Ŵ / cs)ᵀ as a dense (K, N) tensor in ``dtype`` (one Triton pass, coalesced along N)."""
     tk = _tk()
     N, K = packed.shape
-    out = torch.empty((N, K), device=packed.data.device, dtype=dtype)
+    out = torch.empty((K, N), device=packed.data.device, dtype=dtype)
     sl = _slices(packed.bits, K)
-    bn, bk = 32, 128
+    bn, bk = 128, 32
     tk.dequant_kernel[(math.ceil(N / bn), math.ceil(K / bk))](
-        packed.data, packed.scale, packed.zero, col_scale if col_scale is not None else packed.scale, out,
-        N, K, K // packed.group, packed.data.shape[1], sl["col1"], sl["col2"],
+        packed.data, packed.scale_t, packed.zero_t, col_scale if col_scale is not None else packed.scale_t, out,
+        N, K, K // packed.group, sl["row1"], sl["row2"],
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group,
         BN=bn, BK=bk, HAS_CS=col_scale is not None, num_warps=4)
     return out
@@ -185,7 +191,8 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
     if M > DOT_MAX_M or M == 0:
-        y = F.linear(x2, dequantize(packed, cs, x.dtype), bias)
+        wt = dequantize_t(packed, cs, x.dtype)
+        y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
         if lowrank is not None:
             b, a = lowrank
             y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
@@ -220,17 +227,17 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
         raise ValueError(f"expansion factor nu must be > 0, got {nu}")
     w = w.contiguous()
     G = K // group
-    data = torch.empty((N, K * bits // 32), device=w.device, dtype=torch.int32)
-    scale = torch.empty((N, G), device=w.device, dtype=scale_dtype)
-    zero = torch.empty((N, G), device=w.device, dtype=scale_dtype)
+    data = torch.empty((K * bits // 32, N), device=w.device, dtype=torch.int32)  # transposed: see layout.py
+    scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
+    zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
     sl = _slices(bits, K)
     br, gt = (16, max(1, 256 // group)) if w.device.type == "cuda" else (8, 1)
     gt = min(gt, _next_pow2(G))
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
     tk.quantize_kernel[(math.ceil(N / br), math.ceil(G / gt))](
-        w, cs if cs is not None else w, data, scale, zero, N, K, G, data.shape[1], sl["col1"], sl["col2"],
+        w, cs if cs is not None else w, data, scale, zero, N, K, G, sl["row1"], sl["row2"],
         (1 + nu) / 2, (1 - nu) / 2,
         BITS=bits, W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=group, GT=gt,
         BR=br, HAS_CS=cs is not None, SYMMETRIC=symmetric, HAS_NU=nu != 1.0, PARAM_DTYPE=_tl_dtype(scale_dtype),
         PARAM_MIN=_PARAM_MIN[scale_dtype], num_warps=4)
-    return PlanarPackedWeight(data, scale, zero, bits, group, (N, K))
+    return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, (N, K))

@@ -42,91 +42,99 @@ def _slab_x_scale(SH: tl.constexpr, WBITS: tl.constexpr):
 
 
 @triton.jit
-def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K, stride_wn,
-                col0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr):
-    """Contribution (BM, BN) of one code slice over groups [g0, g0+GT): FMA on CUDA cores."""
+def _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr,
+                GT: tl.constexpr):
+    """Word rows of groups [g0, g0+GT) of one slice, (BKW, BN), and each row's scale, as fp32."""
     WG: tl.constexpr = GROUP * WBITS // 32
     BKW: tl.constexpr = GT * WG
-    CPW: tl.constexpr = 32 // WBITS
-    c = tl.arange(0, BKW)
-    gi = g0 + c // WG
-    mask_c = gi < G
-    kbase = gi * GROUP + c % WG  # input channel of slab 0; slab i is kbase + i*WG
-    wmask = mask_n[:, None] & mask_c[None, :]
-    words = tl.load(w_ptr + offs_n[:, None] * stride_wn + (col0 + gi * WG + c % WG)[None, :], mask=wmask, other=0)
-    sz_off = offs_n[:, None] * G + gi[None, :]
-    scale = tl.load(s_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-    if BM == 1:  # decode / action-expert step: 2-D tiles, x broadcast over the rows
-        acc1 = tl.zeros((BN, BKW), tl.float32)
-        xsum1 = tl.zeros((BKW,), tl.float32)
-        for i in tl.static_range(CPW):
-            k = kbase + i * WG
-            xi = tl.load(x_ptr + offs_m * K + k, mask=mask_c & (offs_m < M), other=0.0).to(tl.float32)
-            if HAS_CS:
-                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0))
-            if WITH_ZERO:
-                xsum1 += xi
-            acc1 += (xi * _slab_x_scale(i * WBITS, WBITS))[None, :] * _slab_float(words, i * WBITS, WBITS)
-        out1 = tl.sum(acc1 * scale, axis=1)
-        if SLICE_SCALE != 1:
-            out1 = out1 * SLICE_SCALE
-        if WITH_ZERO:
-            zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-            out1 += tl.sum(xsum1[None, :] * zero, axis=1)
-        return out1[None, :]
-    else:
-        xmask = mask_m[:, None] & mask_c[None, :]
-        acc = tl.zeros((BM, BN, BKW), tl.float32)
-        xsum = tl.zeros((BM, BKW), tl.float32)
-        for i in tl.static_range(CPW):
-            k = kbase + i * WG
-            xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
-            if HAS_CS:
-                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0)[None, :])
-            if WITH_ZERO:
-                xsum += xi
-            acc += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None, :] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
-        out = tl.sum(acc * scale[None, :, :], axis=2)
-        if SLICE_SCALE != 1:
-            out = out * SLICE_SCALE
-        if WITH_ZERO:
-            zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-            out += tl.sum(xsum[:, None, :] * zero[None, :, :], axis=2)
-        return out
+    r = tl.arange(0, BKW)
+    gi = g0 + r // WG
+    mask_r = gi < G
+    m = mask_r[:, None] & mask_n[None, :]
+    words = tl.load(w_ptr + (row0 + g0 * WG + r)[:, None] * N + offs_n[None, :], mask=m, other=0)
+    scale = tl.load(s_ptr + gi[:, None] * N + offs_n[None, :], mask=m, other=0.0).to(tl.float32)
+    return words, scale, gi, mask_r, gi * GROUP + r % WG
 
 
 @triton.jit
-def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K, stride_wn,
-               col0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
-               HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """acc (BM, BN) += x_slab · Ŵ_slabᵀ for each slab of one code slice: tensor cores."""
+def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr):
+    """Contribution (BM, BN) of one code slice over groups [g0, g0+GT), on CUDA cores. Each thread
+    owns output columns and reduces over its word rows in registers."""
     WG: tl.constexpr = GROUP * WBITS // 32
     BKW: tl.constexpr = GT * WG
     CPW: tl.constexpr = 32 // WBITS
-    c = tl.arange(0, BKW)
-    gi = g0 + c // WG
-    mask_c = gi < G
-    kbase = gi * GROUP + c % WG
-    wmask = mask_n[:, None] & mask_c[None, :]
-    words = tl.load(w_ptr + offs_n[:, None] * stride_wn + (col0 + gi * WG + c % WG)[None, :], mask=wmask, other=0)
-    sz_off = offs_n[:, None] * G + gi[None, :]
-    scale = tl.load(s_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32) * SLICE_SCALE
+    words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
+    if BM == 1:  # decode / action-expert step: x is one vector, broadcast over the columns
+        part = tl.zeros((BKW, BN), tl.float32)
+        xsum = tl.zeros((BKW,), tl.float32)
+        xmask = mask_r & (offs_m < M)
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi = tl.load(x_ptr + offs_m * K + k, mask=xmask, other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0))
+            if WITH_ZERO:
+                xsum += xi
+            part += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None] * _slab_float(words, i * WBITS, WBITS)
+        part = part * scale
+        if WITH_ZERO:
+            zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                           other=0.0).to(tl.float32)
+            part += xsum[:, None] * zero
+        out = tl.sum(part, axis=0)
+        if SLICE_SCALE != 1:
+            out = out * SLICE_SCALE
+        return out[None, :]
+    else:
+        part3 = tl.zeros((BM, BKW, BN), tl.float32)
+        xsum3 = tl.zeros((BM, BKW), tl.float32)
+        xmask3 = mask_m[:, None] & mask_r[None, :]
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi3 = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask3, other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi3 = tl.fdiv(xi3, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+            if WITH_ZERO:
+                xsum3 += xi3
+            part3 += (xi3 * _slab_x_scale(i * WBITS, WBITS))[:, :, None] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
+        part3 = part3 * scale[None, :, :]
+        if WITH_ZERO:
+            zero3 = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                            other=0.0).to(tl.float32)
+            part3 += xsum3[:, :, None] * zero3[None, :, :]
+        out3 = tl.sum(part3, axis=1)
+        if SLICE_SCALE != 1:
+            out3 = out3 * SLICE_SCALE
+        return out3
+
+
+@triton.jit
+def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+               row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
+               HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """acc (BM, BN) += x_slab · Ŵ_slab for each slab of one code slice: tensor cores."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    CPW: tl.constexpr = 32 // WBITS
+    words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
+    scale = scale * SLICE_SCALE
     if WITH_ZERO:
-        zero = tl.load(z_ptr + sz_off, mask=wmask, other=0.0).to(tl.float32)
-    xmask = mask_m[:, None] & mask_c[None, :]
+        zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                       other=0.0).to(tl.float32)
+    xmask = mask_m[:, None] & mask_r[None, :]
     for i in tl.static_range(CPW):
         k = kbase + i * WG
         xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
         if HAS_CS:
-            xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_c, other=1.0)[None, :])
+            xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
         w = _code_float(words, i * WBITS, WBITS) * scale
         if WITH_ZERO:
             w += zero
         if DOT_DTYPE == tl.float32:
-            acc = tl.dot(xi, tl.trans(w), acc, input_precision="ieee")
+            acc = tl.dot(xi, w, acc, input_precision="ieee")
         else:
-            acc = tl.dot(xi.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
+            acc = tl.dot(xi.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
     return acc
 
 
@@ -147,7 +155,7 @@ def _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
 @triton.jit
 def quant_matmul_kernel(
     x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, t_ptr, b_ptr,
-    M, N, K, G, stride_wn, col1, col2, tiles_per_split, R,
+    M, N, K, G, row1, row2, tiles_per_split, R,
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr,
@@ -170,23 +178,23 @@ def quant_matmul_kernel(
     for t in range(t0, t1):
         g0 = t * GT
         if USE_DOT:
-            acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
-                             stride_wn, 0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
+            acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                             0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
             if W1 > 0:
-                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
-                                 stride_wn, col1, 1 << OFF1, W1, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                                 row1, 1 << OFF1, W1, GROUP, GT, HAS_CS, False, DOT_DTYPE)
             if W2 > 0:
-                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, K,
-                                 stride_wn, col2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                                 row2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
         else:
-            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
-                               stride_wn, 0, 1, W0, GROUP, GT, BM, BN, HAS_CS, True)
+            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                               0, 1, W0, GROUP, GT, BM, BN, HAS_CS, True)
             if W1 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
-                                   stride_wn, col1, 1 << OFF1, W1, GROUP, GT, BM, BN, HAS_CS, False)
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                                   row1, 1 << OFF1, W1, GROUP, GT, BM, BN, HAS_CS, False)
             if W2 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, K,
-                                   stride_wn, col2, 1 << OFF2, W2, GROUP, GT, BM, BN, HAS_CS, False)
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                                   row2, 1 << OFF2, W2, GROUP, GT, BM, BN, HAS_CS, False)
     omask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
         tl.store(out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=omask)
@@ -213,38 +221,38 @@ def reduce_kernel(part_ptr, out_ptr, bias_ptr, t_ptr, b_ptr, M, N, SPLIT, R,
 
 
 @triton.jit
-def _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, stride_wn, col0, WBITS: tl.constexpr, GROUP: tl.constexpr):
-    """Codes of one slice at input channels kk (gathered words; L1 serves the repeats)."""
+def _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """Codes (BK, BN) of one slice at input channels kk: word rows gathered, columns coalesced."""
     WG: tl.constexpr = GROUP * WBITS // 32
     pos = kk % GROUP
-    word = col0 + (kk // GROUP) * WG + pos % WG
-    m = mask_n[:, None] & mask_k[None, :]
-    words = tl.load(w_ptr + offs_n[:, None] * stride_wn + word[None, :], mask=m, other=0)
-    return (words >> ((pos // WG) * WBITS)[None, :]) & ((1 << WBITS) - 1)
+    wrow = row0 + (kk // GROUP) * WG + pos % WG
+    m = mask_k[:, None] & mask_n[None, :]
+    words = tl.load(w_ptr + wrow[:, None] * N + offs_n[None, :], mask=m, other=0)
+    return (words >> ((pos // WG) * WBITS)[:, None]) & ((1 << WBITS) - 1)
 
 
 @triton.jit
-def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, stride_wn, col1, col2,
+def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, row1, row2,
                    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                    GROUP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_CS: tl.constexpr):
-    """out (N, K) = Ŵ / cs in out's dtype: for large M, where cuBLAS then does the matmul."""
+    """out (K, N) = (Ŵ / cs)ᵀ in out's dtype: for large M, where cuBLAS then does x @ out."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     kk = tl.program_id(1) * BK + tl.arange(0, BK)
     mask_n = offs_n < N
     mask_k = kk < K
-    codes = _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, stride_wn, 0, W0, GROUP)
+    codes = _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, 0, W0, GROUP)
     if W1 > 0:
-        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, stride_wn, col1, W1, GROUP) << OFF1
+        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row1, W1, GROUP) << OFF1
     if W2 > 0:
-        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, stride_wn, col2, W2, GROUP) << OFF2
-    m = mask_n[:, None] & mask_k[None, :]
-    sz_off = offs_n[:, None] * G + (kk // GROUP)[None, :]
+        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row2, W2, GROUP) << OFF2
+    m = mask_k[:, None] & mask_n[None, :]
+    sz_off = (kk // GROUP)[:, None] * N + offs_n[None, :]
     scale = tl.load(s_ptr + sz_off, mask=m, other=0.0).to(tl.float32)
     zero = tl.load(z_ptr + sz_off, mask=m, other=0.0).to(tl.float32)
     w = _code_float(codes, 0, 8) * scale + zero
     if HAS_CS:
-        w = w / tl.load(cs_ptr + kk, mask=mask_k, other=1.0)[None, :]
-    tl.store(out_ptr + offs_n[:, None] * K + kk[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
+        w = w * (1.0 / tl.load(cs_ptr + kk, mask=mask_k, other=1.0))[:, None]
+    tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -264,7 +272,7 @@ def _or(a, b):
 
 
 @triton.jit
-def _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, stride_wn, col0, OFF: tl.constexpr, WBITS: tl.constexpr,
+def _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row0, OFF: tl.constexpr, WBITS: tl.constexpr,
                  GROUP: tl.constexpr, GT: tl.constexpr, BR: tl.constexpr):
     WG: tl.constexpr = GROUP * WBITS // 32
     CPW: tl.constexpr = 32 // WBITS
@@ -274,12 +282,12 @@ def _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, stride_wn, col0, OFF: tl
     words = tl.reduce(field << shifts, 2, _or)  # (BR, GT, WG)
     gi = g0 + tl.arange(0, GT)
     j = tl.arange(0, WG)
-    ptr = out_ptr + offs_n[:, None, None] * stride_wn + col0 + (gi * WG)[None, :, None] + j[None, None, :]
+    ptr = out_ptr + (row0 + (gi * WG)[None, :, None] + j[None, None, :]) * N + offs_n[:, None, None]
     tl.store(ptr, words, mask=mask_n[:, None, None] & (gi < G)[None, :, None])
 
 
 @triton.jit
-def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, stride_wn, col1, col2, nu_a, nu_b,
+def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, row1, row2, nu_a, nu_b,
                     BITS: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
                     OFF1: tl.constexpr, OFF2: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
                     BR: tl.constexpr, HAS_CS: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
@@ -317,12 +325,12 @@ def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, stride_wn, co
     v = (v + 12582912.0) - 12582912.0  # round half to even, like torch.round
     codes = tl.minimum(tl.maximum(v, 0.0), QMAX).to(tl.int32)
     codes = tl.reshape(codes, (BR, GT * GROUP))
-    _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, stride_wn, 0, 0, W0, GROUP, GT, BR)
+    _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, 0, 0, W0, GROUP, GT, BR)
     if W1 > 0:
-        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, stride_wn, col1, OFF1, W1, GROUP, GT, BR)
+        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row1, OFF1, W1, GROUP, GT, BR)
     if W2 > 0:
-        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, stride_wn, col2, OFF2, W2, GROUP, GT, BR)
+        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row2, OFF2, W2, GROUP, GT, BR)
     sz_mask = mask_n[:, None] & (gi < G)[None, :]
-    sz_off = offs_n[:, None] * G + gi[None, :]
+    sz_off = gi[None, :] * N + offs_n[:, None]  # S, Z stored transposed (K/g, N)
     tl.store(s_ptr + sz_off, scale.to(s_ptr.dtype.element_ty), mask=sz_mask)
     tl.store(z_ptr + sz_off, wmin.to(z_ptr.dtype.element_ty), mask=sz_mask)
