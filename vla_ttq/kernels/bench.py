@@ -34,6 +34,7 @@ SHAPES = {
               ("14B q", 5120, 5120), ("32B q", 8192, 5120)],
 }
 RANK = 16
+DEV = "cuda"
 
 
 def measure_bandwidth() -> float:
@@ -100,7 +101,7 @@ def clone_packed(p):
 
 
 def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
-    dev = "cuda"
+    dev = DEV
     g = torch.Generator(device=dev).manual_seed(N * 7 + K)
     w = (torch.randn(N, K, device=dev, generator=g) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev, generator=g) * 1.5 + 0.5
@@ -144,18 +145,23 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                     lambda b=b, lr=lr: (triton_backend.quant_matmul(x, packed[b], cs, lr),
                                         reference.quant_matmul(x.double(), packed[b], cs.double(),
                                                                None if lr is None else (lr[0].double(), lr[1].double()))))
+        if M > triton_backend.GEMV_MAX_M:  # the other large-M route, to place the dot/dequant threshold
+            other = "dequant" if triton_backend.path_for(M) == "dot" else "dot"
+            variants[f"W4 r0 {other}"] = ([lambda p=p: triton_backend.quant_matmul(x, p, cs, None, path=other)
+                                           for p in pk_copies[4]], nbytes["W4"] + io, None)
         for name, (fns, nb, chk) in variants.items():
             if check and chk is not None:
                 y, ref = chk()
                 entry[f"{name} err"] = rel_err(y, ref)
             entry[f"{name} us"] = graph_time_us(fns)
             entry[f"{name} floor_us"] = nb / bw * 1e6
-            if name.startswith("W"):
-                key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16)
-                path = "gemv" if M <= triton_backend.GEMV_MAX_M else "dot" if M <= triton_backend.DOT_MAX_M else "dequant+cublas"
+            if name.startswith("W") and name.count(" ") == 1:
+                path = triton_backend.path_for(M)
+                key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
-                if cfg is None and path != "dequant+cublas":
+                entry[f"{name} tuned"] = cfg is not None
+                if cfg is None and path != "dequant":
                     cfg = triton_backend._candidates(path == "dot", int(name[1]), group, K, N, M,
                                                      triton_backend._num_sms(torch.device("cuda")))[0]
                 entry[f"{name} cfg"] = cfg
@@ -169,7 +175,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
 
 def sweep(N, K, M, bits, group, bw, l2):
     """Time every tile candidate of one case (for choosing the heuristic)."""
-    dev = "cuda"
+    dev = DEV
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5
     packed = triton_backend.quantize_pack(w, cs, bits, group)
@@ -200,8 +206,8 @@ def markdown(res) -> str:
              "Times in µs (CUDA-graph replay, weights rotating past L2); floor = bytes / bandwidth. "
              "int4 = torch `_weight_int4pack_mm` alone (no prescale).", "",
              "| set | layer | N×K | M | bf16 | int4 | W4 r0 (floor) | W4 r16 | W2 r0 (floor) | W2 r16 | "
-             "W4 vs bf16 | W2 vs bf16 | W4 r0 k tok/s | path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "W4 vs bf16 | W2 vs bf16 | W4 r0 k tok/s | path | W4 r0 other path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in res["matmul"]:
         b = e["bf16 us"]
         lines.append(
@@ -209,7 +215,9 @@ def markdown(res) -> str:
             f"{fmt(e['W4 r0 us'])} ({fmt(e['W4 r0 floor_us'])}) | {fmt(e['W4 r16 us'])} | "
             f"{fmt(e['W2 r0 us'])} ({fmt(e['W2 r0 floor_us'])}) | {fmt(e['W2 r16 us'])} | "
             f"{b / e['W4 r0 us']:.2f}× | {b / e['W2 r0 us']:.2f}× | {e['M'] / e['W4 r0 us'] * 1e3:.0f} | "
-            f"{e['W4 r0 kernel']} |")
+            f"{e['W4 r0 kernel']} | " + " ".join(f"{k.split()[2]} {e[k]:.1f}" for k in e
+                                                 if k.startswith("W4 r0 ") and k.endswith(" us") and k.count(" ") == 3)
+            + " |")
     lines += ["", "Online quantize (TTQ's per-call step: W·s, group min/max, round, pack), µs:", "",
               "| set | layer | N×K | bits | time | floor | target (2 bf16 reads) | met |", "|---|---|---|---|---|---|---|---|"]
     for q in res["quantize"]:

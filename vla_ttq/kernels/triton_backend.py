@@ -6,8 +6,8 @@ Rule (by the number of tokens M = x.numel() / K):
 * larger M: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
 Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
-low-rank term. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=1`` on CUDA, from timing
-a few candidates once per (shape, bits, group, M bucket).
+low-rank term. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
+M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bucket).
 """
 
 from __future__ import annotations
@@ -179,7 +179,20 @@ def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dty
     return out
 
 
-def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=None, bias=None) -> torch.Tensor:
+def path_for(M: int) -> str:
+    """Which kernel runs M tokens (module docstring)."""
+    return "gemv" if 0 < M <= GEMV_MAX_M else "dot" if 0 < M <= DOT_MAX_M else "dequant"
+
+
+def _autotune_max_m() -> int:
+    """VLA_TTQ_AUTOTUNE: unset/0 = heuristic tiles; n = tune calls with M <= n; "all" = tune every M."""
+    v = os.environ.get("VLA_TTQ_AUTOTUNE", "0").strip().lower()
+    return 1 << 30 if v == "all" else int(v or 0)
+
+
+def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=None, bias=None,
+                 path: str | None = None) -> torch.Tensor:
+    """y = (x / cs) Ŵᵀ + (x Aᵀ) Bᵀ + bias; ``path`` forces gemv | dot | dequant (benchmarks)."""
     N, K = packed.shape
     if x.shape[-1] != K:
         raise ValueError(f"input has {x.shape[-1]} features, the quantized weight expects {K}")
@@ -190,7 +203,8 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    if M > DOT_MAX_M or M == 0:
+    path = path or path_for(M)
+    if path == "dequant":
         wt = dequantize_t(packed, cs, x.dtype)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
         if lowrank is not None:
@@ -203,12 +217,14 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
         t = F.linear(x2, a.to(x.dtype)).float().contiguous()
         lr_b = b.contiguous()
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    use_dot = M > GEMV_MAX_M
+    use_dot = path == "dot"
+    if path == "gemv" and M > GEMV_MAX_M:
+        raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
     cands = _candidates(use_dot, packed.bits, packed.group, K, N, M, _num_sms(x.device))
-    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype)
+    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
     cfg = _TUNED.get(key)
     if cfg is None:
-        if x.device.type == "cuda" and os.environ.get("VLA_TTQ_AUTOTUNE") == "1" and not torch.cuda.is_current_stream_capturing():
+        if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
             cfg = _tune(key, cands, lambda c: _launch(c, x2, cs, packed, t, lr_b, bias, out, use_dot))
         else:
             cfg = cands[0]
