@@ -106,7 +106,8 @@ def test_online_quantize_kernel_options_match_the_reference(opts):
     assert int((got.codes().int() - ref.codes().int()).abs().max()) <= (1 if CUDA else 0)
 
 
-# M = 1, 3: GEMV; 20: tensor-core GEMM; 300: dequantize + dense matmul.
+# M = 1, 3: GEMV; 20: tensor-core GEMM (forced: this layer is small) and the default dequantize +
+# dense matmul; 300: dequantize + dense matmul.
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
@@ -114,13 +115,14 @@ def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
     packed = triton_backend.quantize_pack(rand(N, K), None, bits, group)
     lowrank = (rand(N, R, scale=0.1), rand(R, K, scale=0.1))
     bias = rand(N)
-    for M, cs, lr, b in ((1, col_scale(K), lowrank, bias), (3, None, None, None), (20, col_scale(K), lowrank, None),
-                         (300, col_scale(K), lowrank, bias)):
+    for M, cs, lr, b, path in ((1, col_scale(K), lowrank, bias, None), (3, None, None, None, None),
+                               (20, col_scale(K), lowrank, None, "dot"), (20, None, None, bias, None),
+                               (300, col_scale(K), lowrank, bias, None)):
         x = rand(M, K).to(XDTYPE)
-        y = triton_backend.quant_matmul(x, packed, cs, lr, b)
+        y = triton_backend.quant_matmul(x, packed, cs, lr, b, path=path)
         assert y.shape == (M, N) and y.dtype == XDTYPE
         err = rel_err(y, ref_matmul(x, packed, cs, lr, b))
-        assert err < TOL, (M, err)
+        assert err < TOL, (M, path, err)
 
 
 def test_every_tile_candidate_computes_the_same_function():
@@ -130,7 +132,8 @@ def test_every_tile_candidate_computes_the_same_function():
     ref = ref_matmul(x, packed, cs)
     for use_dot, M in ((False, 2), (True, 2)):
         cands = triton_backend._candidates(use_dot, 4, 64, K, N, M, 1)
-        assert any(c[3] == 1 for c in cands) and any(c[3] > 1 for c in cands)  # fused and split-K epilogues
+        cands += [c[:3] + (1,) + c[4:] for c in cands]  # also the fused epilogue (no split-K)
+        assert any(c[3] > 1 for c in cands)
         for cfg in cands:
             out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
             triton_backend._launch(cfg, x, cs.float(), packed, None, None, None, out, use_dot)
@@ -153,6 +156,16 @@ def test_dequantize_kernel_gives_the_effective_weight():
     w = triton_backend.dequantize_t(packed, cs, torch.float32).t()
     ref = packed.dequantize().double() / cs.double()
     assert rel_err(w, ref) < 1e-6 and w.shape == (16, 128)
+
+
+def test_path_rule_follows_m_and_layer_size():
+    assert triton_backend.path_for(1, 256, 256) == "gemv"
+    assert triton_backend.path_for(16, 16384, 2048) == "dot"
+    assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
+    assert triton_backend.path_for(800, 16384, 2048) == "dequant"
+    with pytest.raises(ValueError, match="at most"):
+        triton_backend.quant_matmul(rand(20, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
+                                    path="gemv")
 
 
 def test_auto_never_picks_the_interpreter_and_overrides_are_checked():

@@ -145,8 +145,13 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                     lambda b=b, lr=lr: (triton_backend.quant_matmul(x, packed[b], cs, lr),
                                         reference.quant_matmul(x.double(), packed[b], cs.double(),
                                                                None if lr is None else (lr[0].double(), lr[1].double()))))
-        if M > triton_backend.GEMV_MAX_M:  # the other large-M route, to place the dot/dequant threshold
-            other = "dequant" if triton_backend.path_for(M) == "dot" else "dot"
+        other = None
+        if M > 1:  # also time the other route for this M, to place the thresholds
+            mine = triton_backend.path_for(M, N, K)
+            other = {"gemv": "dot", "dot": "dequant", "dequant": "dot"}[mine]
+            if other == "dot" and M > 256:
+                other = None
+        if other:
             variants[f"W4 r0 {other}"] = ([lambda p=p: triton_backend.quant_matmul(x, p, cs, None, path=other)
                                            for p in pk_copies[4]], nbytes["W4"] + io, None)
         for name, (fns, nb, chk) in variants.items():
@@ -156,7 +161,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             entry[f"{name} us"] = graph_time_us(fns)
             entry[f"{name} floor_us"] = nb / bw * 1e6
             if name.startswith("W") and name.count(" ") == 1:
-                path = triton_backend.path_for(M)
+                path = triton_backend.path_for(M, N, K)
                 key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
@@ -182,7 +187,7 @@ def sweep(N, K, M, bits, group, bw, l2):
     copies = [packed] + [clone_packed(packed) for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
     use_dot = M > triton_backend.GEMV_MAX_M
-    out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
+    out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)  # sweeps the split-K kernel of that M
     rows = []
     for cfg in triton_backend._candidates(use_dot, bits, group, K, N, M, triton_backend._num_sms(torch.device(dev))):
         t = graph_time_us([lambda p=p: triton_backend._launch(cfg, x, cs, p, None, None, None, out, use_dot)

@@ -2,8 +2,9 @@
 
 Rule (by the number of tokens M = x.numel() / K):
 * M <= GEMV_MAX_M: split-K GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows);
-* M <= DOT_MAX_M: split-K tensor-core GEMM (dequantized tiles fed to tl.dot);
-* larger M: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
+* M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized
+  tiles fed to tl.dot);
+* otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
 Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
 low-rank term. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
@@ -24,7 +25,8 @@ from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
 
 GEMV_MAX_M = 8
-DOT_MAX_M = 256
+DOT_MAX_M = 64
+DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
               torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
@@ -96,21 +98,25 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
     if use_dot:
         bm = min(64, max(16, _next_pow2(M)))
         gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
-        shapes = [(bm, 64, gt_min, 4), (bm, 128, gt_min, 4), (bm, 128, gt_min, 8), (bm, 64, 2 * gt_min, 4)]
+        shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
+                  (bm, 64, 2 * gt_min, 4, (2,))]
     else:
         bm = _next_pow2(M)
         w0 = slice_widths(bits)[0][1]
         gt8 = max(1, 8 * 32 // (group * w0))  # ~8 word rows of slice 0 per tile
         if bm == 1:
-            shapes = [(1, 256, gt8, 2), (1, 512, gt8, 4), (1, 128, gt8, 1), (1, 256, 2 * gt8, 2), (1, 512, 2 * gt8, 4)]
+            # H100 sweep (docs/kernels.md): 512 columns x 4 warps, ~4 programs per SM, won on the large layers
+            shapes = [(1, 512, gt8, 4, (4, 8)), (1, 512, 2 * gt8, 4, (4, 8)), (1, 256, gt8, 2, (4, 8)),
+                      (1, 128, gt8, 1, (4, 8)), (1, 128, 8 * gt8, 8, (1, 4)), (1, 256, 4 * gt8, 8, (1, 4))]
         else:
-            shapes = [(bm, 128, gt8, 1), (bm, 256, gt8, 2), (bm, 64, gt8, 1), (bm, 128, max(1, gt8 // 2), 1)]
-    for bm_, bn, gt, warps in shapes:
+            shapes = [(bm, 128, gt8, 1, (4, 2)), (bm, 256, gt8, 2, (4, 2)), (bm, 64, gt8, 1, (4,)),
+                      (bm, 128, max(1, gt8 // 2), 1, (4,))]
+    for bm_, bn, gt, warps, waves_list in shapes:
         bn = min(bn, max(16, _next_pow2(N)))
         gt = min(gt, _next_pow2(G))
         k_tiles = math.ceil(G / gt)
         programs = math.ceil(N / bn) * math.ceil(M / bm_)
-        for waves in (2, 4, 1):  # aim at this many programs per SM
+        for waves in waves_list:  # aim at this many programs per SM (split-K fills the rest)
             split = max(1, min(k_tiles, math.ceil(waves * sms / programs)))
             cfg = (bm_, bn, gt, split, warps)
             if cfg not in out:
@@ -152,12 +158,13 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
 
 
 def _tune(key, cands, run) -> tuple:
-    """Time each candidate once (median of a short do_bench) and keep the fastest for this key."""
-    from triton.testing import do_bench
+    """Time each candidate (CUDA-graph replays: µs kernels would otherwise time the Python launch)
+    and keep the fastest for this key. The weight is not rotated, so small layers are timed from L2."""
+    from triton.testing import do_bench_cudagraph
 
     best, best_t = cands[0], float("inf")
     for cfg in cands:
-        t = do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+        t = do_bench_cudagraph(lambda: run(cfg), rep=20, return_mode="median")
         if t < best_t:
             best, best_t = cfg, t
     _TUNED[key] = best
@@ -179,9 +186,13 @@ def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dty
     return out
 
 
-def path_for(M: int) -> str:
-    """Which kernel runs M tokens (module docstring)."""
-    return "gemv" if 0 < M <= GEMV_MAX_M else "dot" if 0 < M <= DOT_MAX_M else "dequant"
+def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
+    """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100 runs)."""
+    if 0 < M <= GEMV_MAX_M:
+        return "gemv"
+    if 0 < M <= DOT_MAX_M and N * K >= DOT_MIN_NK:
+        return "dot"
+    return "dequant"
 
 
 def _autotune_max_m() -> int:
@@ -203,7 +214,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    path = path or path_for(M)
+    path = path or path_for(M, N, K)
     if path == "dequant":
         wt = dequantize_t(packed, cs, x.dtype)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
