@@ -150,6 +150,14 @@ def test_triton_accepts_the_storage_format_and_leading_batch_dims():
         triton_backend.quant_matmul(rand(1, 64).to(XDTYPE), packed)
 
 
+def test_non_dense_planar_weights_are_made_dense_before_launch():
+    packed = triton_backend.quantize_pack(rand(32, 128), None, 4, 32)
+    odd = PlanarPackedWeight(packed.data, packed.scale.contiguous(), packed.zero.contiguous(), 4, 32, (32, 128))
+    assert not odd.scale_t.is_contiguous()
+    x = rand(1, 128).to(XDTYPE)
+    assert rel_err(triton_backend.quant_matmul(x, odd), ref_matmul(x, packed)) < TOL
+
+
 def test_dequantize_kernel_gives_the_effective_weight():
     packed = triton_backend.quantize_pack(rand(16, 128), None, 3, 64)
     cs = col_scale(128)

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,12 @@ def _slices(bits: int, K: int) -> dict:
 
 def prepare(packed: PackedWeight) -> PlanarPackedWeight:
     check_planar_shape(packed.shape, packed.group)
-    return PlanarPackedWeight.from_packed(packed)
+    p = PlanarPackedWeight.from_packed(packed)
+    if not (p.data.is_contiguous() and p.scale_t.is_contiguous() and p.zero_t.is_contiguous()):
+        # the kernels index raw memory: (KW, N) words and (K/g, N) S, Z must be dense
+        p = PlanarPackedWeight(p.data.contiguous(), p.scale_t.contiguous().t(), p.zero_t.contiguous().t(),
+                               p.bits, p.group, p.shape)
+    return p
 
 
 def _num_sms(device: torch.device) -> int:
@@ -164,7 +170,11 @@ def _tune(key, cands, run) -> tuple:
 
     best, best_t = cands[0], float("inf")
     for cfg in cands:
-        t = do_bench_cudagraph(lambda: run(cfg), rep=20, return_mode="median")
+        try:
+            t = do_bench_cudagraph(lambda: run(cfg), rep=20, return_mode="median")
+        except Exception as exc:  # a candidate that fails to compile or launch is skipped, not fatal
+            warnings.warn(f"kernel tile candidate {cfg} failed while autotuning: {exc}", stacklevel=2)
+            continue
         if t < best_t:
             best, best_t = cfg, t
     _TUNED[key] = best
