@@ -283,7 +283,7 @@ def main(argv=None) -> None:
     def save():
         res["targets"] = targets(res)
         res["elapsed_s"] = time.time() - t0
-        (out / "kernels_bench.json").write_text(json.dumps(res, indent=1))
+        (out / "kernels_bench.json").write_text(json.dumps(res, separators=(",", ":")) + "\n")
         (out / "kernels_bench.md").write_text(markdown(res))
 
     if args.sweep:
