@@ -54,6 +54,9 @@ def module_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
     if isinstance(module, TTQLinear):
         for packed, s in module._cache.values():
             yield from (packed.data, packed.scale, packed.zero, s)
+    prepared = getattr(module, "_prepared", None)  # a kernel backend's copy of a static layer's codes
+    if isinstance(module, QuantLinear) and prepared is not None:
+        yield from (prepared[1].data, prepared[1].scale, prepared[1].zero)
 
 
 class ByteCounter:

@@ -252,6 +252,12 @@ class Glue:
     shape compiles once; under a CUDA graph the compiled kernels replay without guard checks)."""
 
     def __init__(self, compile: bool = False):
+        if compile:  # one entry per distinct shape (prefix / expert, q / k, each batch size): allow them all
+            import torch._dynamo
+
+            for knob in ("cache_size_limit", "recompile_limit"):
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
         wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compile else (lambda f: f)
         self.rms, self.ada, self.rope, self.gelu_mul, self.attention = (
             wrap(f) for f in (rms_gain, ada_rms, rope, gelu_mul, gqa_attention))
