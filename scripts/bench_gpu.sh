@@ -7,9 +7,9 @@ set -uo pipefail
 OUT=${1:?usage: bench_gpu.sh OUT_DIR [bench args...]}; shift
 SITE=/tmp/bench-site
 mkdir -p "$OUT" "$SITE"
-python3 -c "import rich, yaml" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
+python3 -c "import rich, yaml" 2>/dev/null || [ -d "$SITE/base" ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --target "$SITE/base" .whl/*.whl
-if [ -n "${LEROBOT_WHEELS:-}" ] && ls "$LEROBOT_WHEELS"/*.whl >/dev/null 2>&1; then
+if [ -n "${LEROBOT_WHEELS:-}" ] && [ ! -d "$SITE/lerobot" ] && ls "$LEROBOT_WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE/lerobot" "$LEROBOT_WHEELS"/*.whl \
     || echo "lerobot wheels did not install"
 fi
