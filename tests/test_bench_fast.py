@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # the Triton backend runs under its CPU interpreter (as in test_kernels)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models.fast import FastSampler, ttq_call_forward
@@ -114,6 +118,17 @@ def test_ttq_call_forward_is_the_layer(rank, bits):
     layer = TTQLinear(lin, cfg, "l")
     x = torch.randn(3, 10, 64) * torch.linspace(0.1, 3, 64)
     torch.testing.assert_close(ttq_call_forward(layer, x), layer(x), rtol=0, atol=1e-6)
+
+
+def test_fast_equals_plain_through_triton_backend(root):
+    """Packed static layers through the Triton kernels (CPU interpreter here, compiled on a GPU)."""
+    pytest.importorskip("triton")
+    r = copy.deepcopy(root)
+    model = r.model
+    quantize_(r, QuantConfig(method="rtn", bits=2, group=32, backend="triton"), quant_filter(quantize_expert=True))
+    inp = _inputs(model.config, 9)
+    sampler = FastSampler(model, B, 2, model.config.tokenizer_max_length, weights="packed")
+    _close(sampler(*inp), model.sample_actions(*inp))
 
 
 def test_sampler_rejects_wrong_inputs(root):
