@@ -43,13 +43,15 @@ def base_args(out, cache) -> list[str]:
 
 
 def test_cli_runs_a_real_episode_end_to_end(pool, cache, tmp_path, capsys):
-    assert cli.main(base_args(tmp_path, cache) + ["--episodes", "1", "--bits", "2", "--group", "64"]) == 0
+    assert cli.main(base_args(tmp_path, cache) + ["--episodes", "1", "--bits", "2", "--group", "64", "--video"]) == 0
     (r,) = ResultsStore(tmp_path / "episodes.jsonl").records()
     assert (r["suite"], r["task_id"], r["episode"], r["method"], r["bits"], r["group"]) == ("10", 0, 0, "ttq", 2, 64)
     assert r["task"].startswith("LIVING_ROOM_SCENE2_put_both") and r["steps"] <= STEPS and r["wall_s"] > 0
     assert isinstance(r["success"], bool) and r["seed"] == 1000 and r["max_steps"] == STEPS
     out = capsys.readouterr().out
     assert "LIBERO 10" in out and re.search(r"all .* 1 .* (0\.0|100\.0)%", out)
+    video = tmp_path / "videos" / r["config_hash"] / "10" / "task00_ep00.mp4"
+    assert r["video"] == str(video) and video.stat().st_size > 1000
     summaries = list((tmp_path / "summaries").glob("10-*.json"))
     assert len(summaries) == 1 and r["config_hash"] in summaries[0].name
     assert len(pool) == 1  # the shared simulator was reused, none created
@@ -63,7 +65,7 @@ class DyingStore(ResultsStore):
     """Dies right after the first episode was written, like a run killed between episodes."""
 
     def append(self, record):
-        wrote = super().append(record)
+        assert super().append(record)
         raise Interrupted
 
 

@@ -39,13 +39,13 @@ def tiny_checkpoint(cache_dir: str | Path, seed: int = 0) -> Path:
 
 
 def checkpoint_path(cfg: EvalConfig) -> str:
-    return str(tiny_checkpoint(cfg.cache_dir, cfg.tiny_seed)) if cfg.policy == TINY else cfg.policy
+    return str(tiny_checkpoint(cfg.cache_root, cfg.tiny_seed)) if cfg.policy == TINY else cfg.policy
 
 
 def load_fp_policy(cfg: EvalConfig) -> Any:
     from vla_ttq.models import load_policy
 
-    return load_policy(checkpoint_path(cfg), device=cfg.device, dtype=cfg.dtype, n_action_steps=cfg.n_action_steps,
+    return load_policy(checkpoint_path(cfg), device=cfg.torch_device(), dtype=cfg.dtype, n_action_steps=cfg.n_action_steps,
                        seed=cfg.seed)
 
 

@@ -40,7 +40,7 @@ def calib_key_blob(cfg: EvalConfig, suite: str) -> dict[str, Any]:
 
 def calib_path(cfg: EvalConfig, suite: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", calib_key_blob(cfg, suite)["policy"]).strip("_")
-    return Path(cfg.cache_dir) / "awq_stats" / slug / f"{suite}-{config_hash(calib_key_blob(cfg, suite))}.safetensors"
+    return cfg.cache_root / "awq_stats" / slug / f"{suite}-{config_hash(calib_key_blob(cfg, suite))}.safetensors"
 
 
 def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:

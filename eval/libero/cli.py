@@ -15,7 +15,7 @@ from pathlib import Path
 from vla_ttq.config import METHODS, QuantConfig, from_dict, load_yaml, save_yaml, to_dict
 
 from . import protocol
-from .config import DEFAULT_POLICY, CalibConfig, EvalConfig, default_cache_dir
+from .config import DEFAULT_POLICY, EvalConfig, default_cache_dir
 
 SUITE_CHOICES = (*protocol.SUITE_ORDER, "all")
 PRESETS = {
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--policy", default=None,
                    help=f"hub id, local checkpoint dir, or 'tiny' (random tiny pi0.5) (default {DEFAULT_POLICY})")
     m.add_argument("--server", default=None, help="ws://host:port of a running `python -m vla_ttq.serve`")
-    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    m.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default auto: cuda if available)")
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: the checkpoint's")
     m.add_argument("--n-action-steps", type=_int_in(1), default=None,
                    help="actions executed per chunk before replanning (default: the checkpoint's)")
@@ -104,17 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _auto_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """Defaults <- --config YAML <- --preset <- explicit flags."""
-    base = to_dict(load_yaml(EvalConfig, args.config)) if args.config else to_dict(EvalConfig(device="cpu"))
-    if not args.config:
-        base["device"] = None
+    base = to_dict(load_yaml(EvalConfig, args.config) if args.config else EvalConfig())
     preset = dict(PRESETS[args.preset]) if args.preset else {}
     flat = {k: v for k, v in vars(args).items() if v is not None}
     for k, v in preset.items():
@@ -132,10 +124,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
                                 "num_steps_wait", "n_envs", "out", "video", "cache_dir") if k in flat}
-    merged = {**base, **top, "quant": quant, "calib": calib}
-    if merged.get("device") is None:
-        merged["device"] = _auto_device()
-    return from_dict(EvalConfig, merged)
+    return from_dict(EvalConfig, {**base, **top, "quant": quant, "calib": calib})
 
 
 def _adopt_server(cfg: EvalConfig, policy, explicit_quant: bool) -> EvalConfig:

@@ -70,12 +70,12 @@ class EvalConfig:
     quantize_expert: bool = False  # Table 13 quantizes the VLM backbone only
     tiny_seed: int = 0  # weights of the "tiny" test checkpoint
     # execution (not part of the result hash)
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda when available, else cpu
     n_envs: int = 1
     server: str | None = None  # ws://host:port: episodes through a remote policy server
     out: str = "results/libero"
     video: bool = False
-    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_dir: str | None = None  # tiny checkpoint + AWQ statistics; None: $VLA_TTQ_CACHE or ~/.cache/vla_ttq
 
     def __post_init__(self) -> None:
         self.validate()
@@ -134,6 +134,17 @@ class EvalConfig:
             "camera_res": self.camera_res, "n_action_steps": self.n_action_steps, "dtype": self.dtype,
         }
         return config_hash(blob)
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def with_(self, **changes) -> "EvalConfig":
         return replace(self, **changes)
