@@ -104,19 +104,31 @@ class BatchSpy:
         self.policy.reset(env_index)
 
 
-def test_vectorised_envs_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
+def test_vectorised_envs_in_processes_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
+    from eval.libero.env import EnvPool
+
     cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES,
                      cache_dir=str(cache), quant=QuantConfig(method="fp"))
     items = plan_items(cfg)
     spy = BatchSpy(build_policy(cfg))
-    # one env: every call is a batch of 1; record the actions each episode received
+    # one in-process env: every call is a batch of 1; record the actions each episode received
     single = run_items(spy, items, ResultsStore(tmp_path / "one.jsonl"), n_envs=1, progress=False)
     calls = -(-STEPS // spy.config.n_action_steps)  # replanning points per episode
     assert spy.batches == [1] * 2 * calls
     per_episode = [[a[0] for a in spy.actions[e * calls:(e + 1) * calls]] for e in range(2)]
     spy.batches.clear(), spy.actions.clear()
-    double = run_items(spy, items, ResultsStore(tmp_path / "two.jsonl"), n_envs=2, progress=False, env_pool=pool)
-    assert spy.batches == [2] * calls and len(pool) == 2
+    procs = EnvPool(processes=True)  # two simulators, each in its own process, stepped together
+    try:
+        double = run_items(spy, items, ResultsStore(tmp_path / "two.jsonl"), n_envs=2, progress=False,
+                           env_pool=procs)
+        envs = procs.acquire_many("10", 0, RES, 2)  # pooled processes are reused and still answer
+        assert len(procs) == 2 and envs[1].reset(0, 1, 0)["prompt"] == double[0]["prompt"]
+        for env in envs:
+            procs.release(env)
+    finally:
+        procs.close()
+    assert not any(env.proc.is_alive() for env in envs)
+    assert spy.batches == [2] * calls and len(pool) == 1
     # slot i of every batch is episode i, and it gets the same actions as when run alone:
     # same init state, same seeded noise, deterministic simulator
     for e in range(2):
@@ -169,3 +181,4 @@ def served_steps(record) -> int:
     from vla_ttq.models.tiny import tiny_config
 
     return tiny_config().n_action_steps
+

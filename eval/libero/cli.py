@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-steps-wait", type=_int_in(0), default=None, help=f"default {protocol.NUM_STEPS_WAIT}")
     x = p.add_argument_group("execution")
     x.add_argument("--n-envs", type=_int_in(1), default=None, help="simulators stepped together, batched policy calls")
+    x.add_argument("--env-processes", action="store_true", default=None,
+                   help="run each simulator in its own process (parallel stepping; use with --n-envs)")
     x.add_argument("--out", default=None, help="results directory (default results/libero)")
     x.add_argument("--video", action="store_true", default=None, help="write an MP4 per episode under OUT/videos")
     x.add_argument("--cache-dir", default=None, help=f"tiny checkpoint and AWQ statistics (default {default_cache_dir()})")
@@ -123,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             calib[k] = flat[f"calib_{k}"]
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "n_envs", "out", "video", "cache_dir") if k in flat}
+                                "num_steps_wait", "n_envs", "env_processes", "out", "video", "cache_dir") if k in flat}
     return from_dict(EvalConfig, {**base, **top, "quant": quant, "calib": calib})
 
 
@@ -143,13 +145,26 @@ def run(cfg: EvalConfig, *, progress: bool = True, env_pool=None, console=None, 
     """Evaluate ``cfg``: plan, skip what is done, build the policy lazily, run, summarise."""
     from rich.console import Console
 
+    console = console or Console(stderr=False)
+    own_pool = None
+    if env_pool is None and cfg.env_processes:
+        from .env import EnvPool
+
+        env_pool = own_pool = EnvPool(processes=True)
+    try:
+        return _run(cfg, progress=progress, env_pool=env_pool, console=console, explicit_quant=explicit_quant)
+    finally:
+        if own_pool is not None:
+            own_pool.close()
+
+
+def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: bool) -> list[dict]:
     from .build import build_policy
     from .plan import plan_items
     from .results import ResultsStore, episode_key
     from .rollout import run_items
     from .summary import print_summary, save_summary, summarize
 
-    console = console or Console(stderr=False)
     out = Path(cfg.out)
     store = ResultsStore(out / "episodes.jsonl")
     remote = None

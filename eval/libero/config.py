@@ -72,6 +72,7 @@ class EvalConfig:
     # execution (not part of the result hash)
     device: str = "auto"  # auto: cuda when available, else cpu
     n_envs: int = 1
+    env_processes: bool = False  # each simulator in its own process (parallel rendering on many cores)
     server: str | None = None  # ws://host:port: episodes through a remote policy server
     out: str = "results/libero"
     video: bool = False
