@@ -124,6 +124,7 @@ def test_eval_config_yaml_roundtrip(tmp_path):
     (["--method", "rtn", "--rank", "16", "--policy", "tiny"], "rank > 0"),
     (["--policy", "/no/such/checkpoint"], "checkpoint directory not found: /no/such/checkpoint"),
     (["--policy", "tiny", "--method", "awq", "--calib-dataset", "/no/libero"], "calibration data set not found"),
+    (["--policy", "tiny", "--calib-suite", "spatial"], "--calib-suite applies to --method awq only (method is 'ttq')"),
 ])
 def test_bad_flags_give_clear_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
@@ -133,11 +134,11 @@ def test_bad_flags_give_clear_errors(argv, needle, capsys):
 
 
 def test_flags_override_yaml_and_preset(tmp_path):
-    save_yaml(EvalConfig(policy="tiny", suite="goal", episodes=5, quant=QuantConfig(method="rtn", bits=4)),
+    save_yaml(EvalConfig(policy="tiny", suite="goal", episodes=5, quant=QuantConfig(method="awq", bits=4)),
               tmp_path / "c.yaml")
     cfg = cli.config_from_args(cli.build_parser().parse_args(
         ["--config", str(tmp_path / "c.yaml"), "--bits", "3", "--preset", "smoke", "--calib-suite", "spatial"]))
-    assert (cfg.suite, cfg.quant.method, cfg.quant.bits, cfg.calib.suite) == ("goal", "rtn", 3, "spatial")
+    assert (cfg.suite, cfg.quant.method, cfg.quant.bits, cfg.calib.suite) == ("goal", "awq", 3, "spatial")
     assert cfg.tasks == (0,) and cfg.max_steps == 30  # preset fills what neither YAML nor flags changed...
     assert cfg.episodes == 1  # ...its values win over the YAML's
 

@@ -126,6 +126,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
                                 "num_steps_wait", "n_envs", "env_processes", "out", "video", "cache_dir") if k in flat}
+    given = [f"--calib-{k.replace('_', '-')}" for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
+             if getattr(args, f"calib_{k}") is not None]
+    if given and quant.get("method") != "awq" and not flat.get("server"):
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --method awq only "
+                         f"(method is {quant.get('method')!r})")
     return from_dict(EvalConfig, {**base, **top, "quant": quant, "calib": calib})
 
 
