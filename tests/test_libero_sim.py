@@ -37,13 +37,15 @@ def pool():
     return p
 
 
-def base_args(out, cache) -> list[str]:
-    return ["--policy", "tiny", "--suite", "10", "--tasks", "0", "--max-steps", str(STEPS), "--camera-res", str(RES),
+def base_args(out, cache, soft: bool = True) -> list[str]:
+    return ["--soft-reset"] * soft + ["--policy", "tiny", "--suite", "10", "--tasks", "0", "--max-steps", str(STEPS), "--camera-res", str(RES),
             "--out", str(out), "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
 
 
 def test_cli_runs_a_real_episode_end_to_end(pool, cache, tmp_path, capsys):
-    assert cli.main(base_args(tmp_path, cache) + ["--episodes", "1", "--bits", "2", "--group", "64", "--video"]) == 0
+    # the protocol's hard reset here; the other tests reset softly (faster)
+    argv = base_args(tmp_path, cache, soft=False) + ["--episodes", "1", "--bits", "2", "--group", "64", "--video"]
+    assert cli.main(argv) == 0
     (r,) = ResultsStore(tmp_path / "episodes.jsonl").records()
     assert (r["suite"], r["task_id"], r["episode"], r["method"], r["bits"], r["group"]) == ("10", 0, 0, "ttq", 2, 64)
     assert r["task"].startswith("LIVING_ROOM_SCENE2_put_both") and r["steps"] <= STEPS and r["wall_s"] > 0
@@ -70,7 +72,7 @@ class DyingStore(ResultsStore):
 
 
 def test_killed_run_resumes_without_repeating_or_losing_episodes(pool, cache, tmp_path):
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES,
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      out=str(tmp_path), cache_dir=str(cache))
     policy = build_policy(cfg)
     path = tmp_path / "episodes.jsonl"
@@ -107,7 +109,7 @@ class BatchSpy:
 def test_vectorised_envs_in_processes_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
     from eval.libero.env import EnvPool
 
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES,
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      cache_dir=str(cache), quant=QuantConfig(method="fp"))
     items = plan_items(cfg)
     spy = BatchSpy(build_policy(cfg))
@@ -140,7 +142,7 @@ def test_vectorised_envs_in_processes_batch_policy_calls_and_match_single_env(po
 
 
 def test_awq_calibrates_from_rollouts_once_and_reuses_the_statistics(pool, cache, monkeypatch):
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=1, max_steps=STEPS, camera_res=RES,
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=1, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      cache_dir=str(cache), quant=QuantConfig(method="awq", bits=2, group=64),
                      calib=CalibConfig(suite="10", episodes=1, tasks=(0,), max_steps=3))
     path = calib_path(cfg, "10")

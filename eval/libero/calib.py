@@ -34,7 +34,7 @@ def calib_key_blob(cfg: EvalConfig, suite: str) -> dict[str, Any]:
     return {"version": PROTOCOL_VERSION, "policy": cfg.policy if cfg.policy != TINY else f"tiny:{cfg.tiny_seed}",
             "suite": suite, "episodes": c.episodes, "tasks": c.tasks, "max_steps": c.max_steps or cfg.max_steps_for(suite),
             "p": c.p, "reservoir": c.reservoir, "seed": cfg.seed, "camera_res": cfg.camera_res,
-            "num_steps_wait": cfg.num_steps_wait, "n_action_steps": cfg.n_action_steps, "dtype": cfg.dtype,
+            "num_steps_wait": cfg.num_steps_wait, "hard_reset": cfg.hard_reset, "n_action_steps": cfg.n_action_steps, "dtype": cfg.dtype,
             "quantize_expert": cfg.quantize_expert}
 
 
@@ -53,7 +53,7 @@ def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:
     max_steps = cfg.calib.max_steps or cfg.max_steps_for(suite)
     return [EpisodeItem(suite=suite, task_id=t, episode=49 - e, seed=cfg.seed + CALIB_SEED_OFFSET + 1000 * t + e,
                         config_hash=key, task_name=tasks[t][0], prompt=tasks[t][1], max_steps=max_steps,
-                        num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, method="fp", bits=None,
+                        num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, hard_reset=cfg.hard_reset, method="fp", bits=None,
                         group=None, rank=None, calib_suite=None, policy=cfg.policy)
             for t in ids for e in range(cfg.calib.episodes)]
 

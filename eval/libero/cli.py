@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("protocol overrides (change results; part of the config hash)")
     e.add_argument("--max-steps", type=_int_in(1), default=None, help="default per suite: 280/280/300/520")
     e.add_argument("--camera-res", type=_int_in(16), default=None, help=f"default {protocol.CAMERA_RES}")
+    e.add_argument("--soft-reset", dest="hard_reset", action="store_false", default=None,
+                   help="reset the compiled sim instead of rebuilding it (faster; lerobot's default is hard)")
     e.add_argument("--num-steps-wait", type=_int_in(0), default=None, help=f"default {protocol.NUM_STEPS_WAIT}")
     x = p.add_argument_group("execution")
     x.add_argument("--n-envs", type=_int_in(1), default=None, help="simulators stepped together, batched policy calls")
@@ -125,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             calib[k] = flat[f"calib_{k}"]
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "n_envs", "env_processes", "out", "video", "cache_dir") if k in flat}
+                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "out", "video", "cache_dir") if k in flat}
     given = [f"--calib-{k.replace('_', '-')}" for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
              if getattr(args, f"calib_{k}") is not None]
     if given and quant.get("method") != "awq" and not flat.get("server"):

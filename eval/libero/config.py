@@ -64,6 +64,7 @@ class EvalConfig:
     max_steps: int | None = None  # None: per-suite maximum (280/280/300/520)
     num_steps_wait: int = protocol.NUM_STEPS_WAIT
     camera_res: int = protocol.CAMERA_RES
+    hard_reset: bool = True  # lerobot's default: rebuild the model on every reset (~3 s); False: soft reset
     n_action_steps: int | None = None  # actions executed per chunk before replanning; None: checkpoint's
     # model
     dtype: str | None = None  # float32 | bfloat16; None: the checkpoint's
@@ -133,6 +134,7 @@ class EvalConfig:
                       if self.method == "awq" else None),
             "seed": self.seed, "max_steps": self.max_steps_for(suite), "num_steps_wait": self.num_steps_wait,
             "camera_res": self.camera_res, "n_action_steps": self.n_action_steps, "dtype": self.dtype,
+            **({} if self.hard_reset else {"hard_reset": False}),  # (absent when default: hashes stay stable)
         }
         return config_hash(blob)
 

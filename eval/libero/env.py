@@ -59,21 +59,28 @@ class LiberoTaskEnv:
         self.task_name, self.prompt = task.name, task.language
         self.init_states = bench.get_task_init_states(task_id)
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-        # hard_reset=False: reset restores the compiled model instead of rebuilding it (0.3 s vs 3 s);
-        # the full simulator state is then overwritten by the fixed init state anyway.
         self._pending = None
         self.env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=camera_res, camera_widths=camera_res,
-                                      hard_reset=False)
+                                      hard_reset=False)  # chosen per reset, see reset()
         self.env.reset()
 
-    def reset(self, init_state: int, seed: int, num_steps_wait: int = protocol.NUM_STEPS_WAIT) -> dict:
+    def reset(self, init_state: int, seed: int, num_steps_wait: int = protocol.NUM_STEPS_WAIT,
+              hard_reset: bool = True) -> dict:
+        """New episode from fixed init state ``init_state``, after ``num_steps_wait`` no-op steps.
+
+        ``hard_reset`` (lerobot's default) rebuilds the MuJoCo model and renderer (~3 s); a soft
+        reset only resets the compiled sim (lerobot: opt-in, observations after the settle steps
+        can differ slightly)."""
         if not 0 <= init_state < len(self.init_states):
             raise ValueError(f"init state {init_state} out of range (task has {len(self.init_states)})")
+        self.env.env.hard_reset = bool(hard_reset)  # robosuite reads it on every reset()
         self.env.seed(int(seed))
         self.env.reset()
         raw = self.env.set_init_state(self.init_states[init_state])
         for _ in range(num_steps_wait):
             raw, _, _, _ = self.env.step(list(protocol.DUMMY_ACTION))
+        for robot in self.env.robots:  # relative (delta) end-effector control, as lerobot sets it
+            robot.controller.use_delta = True
         return to_observation(raw, self.prompt)
 
     def step(self, action) -> tuple[dict, bool, bool]:

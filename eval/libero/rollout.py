@@ -94,7 +94,7 @@ def _run_wave(caller: _PolicyCaller, envs: list, wave: list[EpisodeItem], store:
     caller.reset(n)
     start = time.perf_counter()
     for env, it in zip(envs, wave):
-        env.reset_async(it.episode, it.seed, it.num_steps_wait)
+        env.reset_async(it.episode, it.seed, it.num_steps_wait, it.hard_reset)
     obs = [env.wait() for env in envs]
     gens = [torch.Generator().manual_seed(it.seed) for it in wave]
     queues: list[deque] = [deque() for _ in range(n)]

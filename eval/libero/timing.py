@@ -26,10 +26,13 @@ def measure(suite: str, task_id: int, camera_res: int, steps: int, resets: int) 
     reset_s = []
     for i in range(resets):
         t0 = time.perf_counter()
-        env.reset(i, seed=i, num_steps_wait=0)
+        env.reset(i, seed=i, num_steps_wait=0, hard_reset=False)
         reset_s.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    env.reset(0, seed=0)  # with the protocol's 10 settling steps
+    env.reset(0, seed=0, num_steps_wait=0, hard_reset=True)
+    hard = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    env.reset(0, seed=0, hard_reset=False)  # with the protocol's 10 settling steps
     reset_wait = time.perf_counter() - t0
     step_s = []
     for _ in range(steps):
@@ -39,7 +42,8 @@ def measure(suite: str, task_id: int, camera_res: int, steps: int, resets: int) 
     env.close()
     step = float(np.median(step_s))
     return {"suite": suite, "task_id": task_id, "camera_res": camera_res, "env_create_s": round(create, 2),
-            "reset_s": round(float(np.median(reset_s)), 3), "reset_with_wait_steps_s": round(reset_wait, 3),
+            "soft_reset_s": round(float(np.median(reset_s)), 3), "hard_reset_s": round(hard, 3),
+            "soft_reset_with_wait_steps_s": round(reset_wait, 3),
             "step_median_s": round(step, 4), "step_p90_s": round(float(np.percentile(step_s, 90)), 4),
             "sim_only_episode_s": {s: round(reset_wait + n * step, 1) for s, n in protocol.MAX_STEPS.items()},
             "mujoco_gl": os.environ.get("MUJOCO_GL"), "cpus": os.cpu_count(), "machine": platform.node()}
