@@ -217,3 +217,20 @@ def test_load_records_deduplicates_across_files(tmp_path):
         s.append(rec(0, 1 if name == "a" else 2))
     assert sorted(r["episode"] for r in load_records([tmp_path])) == [0, 1, 2]
     assert json.loads((tmp_path / "a" / "episodes.jsonl").read_text().splitlines()[0])["episode"] == 0
+
+
+def test_summary_per_suite_and_task(capsys):
+    from eval.libero.summary import print_summary, summarize
+
+    recs = [rec(0, 0, success=True, task="t0", method="ttq", bits=2, group=64, rank=0, policy="p"),
+            rec(0, 1, success=False, task="t0", method="ttq", bits=2, group=64, rank=0, policy="p"),
+            rec(3, 0, success=True, task="t3", method="ttq", bits=2, group=64, rank=0, policy="p"),
+            rec(0, 0, suite="goal", success=False, task="g0", method="ttq", bits=2, group=64, rank=0, policy="p")]
+    by_suite = {e["suite"]: e for e in summarize(recs)}
+    ten = by_suite["10"]
+    assert (ten["episodes"], ten["successes"]) == (3, 2) and ten["success_rate"] == pytest.approx(2 / 3)
+    assert [(t["task_id"], t["episodes"], t["success_rate"]) for t in ten["tasks"]] == [(0, 2, 0.5), (3, 1, 1.0)]
+    assert by_suite["goal"]["success_rate"] == 0.0
+    print_summary([ten])
+    out = capsys.readouterr().out
+    assert "TTQ w2 g64 r=0" in out and "[h1]" in out and "66.7%" in out and "50.0%" in out

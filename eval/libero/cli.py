@@ -180,12 +180,10 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
         cfg = _adopt_server(cfg, remote, explicit_quant)
     items = plan_items(cfg)
     done = store.done_keys()
-    hashes = set()
     policy = remote
     for suite in cfg.suites():
         suite_items = [it for it in items if it.suite == suite]
         h = cfg.result_hash(suite)
-        hashes.add(h)
         save_yaml(cfg, out / "configs" / f"{suite}-{h}.yaml")
         todo = [it for it in suite_items if episode_key(it) not in done]
         console.print(f"[bold]LIBERO {suite}[/bold]: {len(suite_items)} episodes planned, "
@@ -199,7 +197,8 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
                   progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
     if remote is not None:
         remote.close()
-    summary = summarize(r for r in store.records() if r["config_hash"] in hashes)
+    planned = {episode_key(it) for it in items}  # this run's episodes, whenever they were run
+    summary = summarize(r for r in store.records() if episode_key(r) in planned)
     print_summary(summary, console)
     for e in summary:
         save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
