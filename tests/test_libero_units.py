@@ -222,10 +222,10 @@ def test_load_records_deduplicates_across_files(tmp_path):
 def test_summary_per_suite_and_task(capsys):
     from eval.libero.summary import print_summary, summarize
 
-    recs = [rec(0, 0, success=True, task="t0", method="ttq", bits=2, group=64, rank=0, policy="p"),
-            rec(0, 1, success=False, task="t0", method="ttq", bits=2, group=64, rank=0, policy="p"),
-            rec(3, 0, success=True, task="t3", method="ttq", bits=2, group=64, rank=0, policy="p"),
-            rec(0, 0, suite="goal", success=False, task="g0", method="ttq", bits=2, group=64, rank=0, policy="p")]
+    labels = dict(method="ttq", bits=2, group=64, rank=0, policy="p")
+    recs = [{**rec(0, 0, success=True, **labels), "task": "t0"}, {**rec(0, 1, success=False, **labels), "task": "t0"},
+            {**rec(3, 0, success=True, **labels), "task": "t3"},
+            {**rec(0, 0, suite="goal", success=False, **labels), "task": "g0"}]
     by_suite = {e["suite"]: e for e in summarize(recs)}
     ten = by_suite["10"]
     assert (ten["episodes"], ten["successes"]) == (3, 2) and ten["success_rate"] == pytest.approx(2 / 3)
