@@ -156,7 +156,7 @@ def test_axis_angle_matches_robosuite():
 # --- report -------------------------------------------------------------------------------------
 def _table13_records():
     rng = np.random.default_rng(0)
-    rows = [dict(method="fp", bits=None, group=None, rank=None, calib_suite=None, p=0.95),
+    rows = [dict(method="fp", bits=None, group=None, rank=None, calib_suite=None, dtype="bfloat16", p=0.95),
             dict(method="rtn", bits=2, group=64, rank=None, calib_suite=None, p=0.3),
             dict(method="awq", bits=2, group=64, rank=None, calib_suite="spatial", p=0.8),
             dict(method="awq", bits=2, group=64, rank=None, calib_suite="goal", p=0.85),
@@ -180,7 +180,7 @@ def test_report_writes_table13_markdown_csv_and_png(tmp_path):
         store.append(r)
     assert report.main([str(tmp_path / "run"), "--out", str(tmp_path / "t13")]) == 0
     md = (tmp_path / "t13.md").read_text()
-    labels = ["FP (full precision)", "RTN", "AWQ (Spatial Calib)", "AWQ (Goal Calib)", "TTQ (r = 0)", "TTQ (r = 16)"]
+    labels = ["BF16", "RTN", "AWQ (Spatial Calib)", "AWQ (Goal Calib)", "TTQ (r = 0)", "TTQ (r = 16)"]
     lines = md.splitlines()
     assert lines[0] == "| Method | Libero Spatial | Libero Object | Libero Goal | Libero 10 | Avg |"
     assert [ln.split("|")[1].strip() for ln in lines[2:8]] == labels

@@ -34,6 +34,8 @@ class EpisodeItem:
     rank: int | None = 0
     calib_suite: str | None = None
     policy: str = ""
+    dtype: str | None = None  # None: the checkpoint's
+    n_action_steps: int | None = None  # None: the checkpoint's
 
     def labels(self) -> dict:
         return asdict(self)
@@ -72,7 +74,7 @@ def plan_items(cfg: EvalConfig) -> list[EpisodeItem]:
                     method=q.method,
                     bits=q.bits if quantized else None, group=q.group if quantized else None,
                     rank=q.rank if quantized else None, calib_suite=cfg.calib_suite_for(suite),
-                    policy=cfg.policy))
+                    policy=cfg.policy, dtype=cfg.dtype, n_action_steps=cfg.n_action_steps))
     return items
 
 
