@@ -184,3 +184,34 @@ def served_steps(record) -> int:
 
     return tiny_config().n_action_steps
 
+
+
+def test_sigkilled_cli_run_resumes_exactly(pool, cache, tmp_path):
+    """A real `python -m eval.libero` process SIGKILLed during its second episode."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = base_args(tmp_path, cache) + ["--episodes", "2", "--max-steps", "30", "--method", "fp"]
+    path = tmp_path / "episodes.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "eval.libero", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (path.exists() and path.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "first episode did not finish in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    first = path.read_bytes()
+    assert first.count(b"\n") == 1, "the kill should land in the second episode"
+    assert cli.main(argv) == 0  # resumed in this process (shared simulator)
+    data = path.read_bytes()
+    recs = ResultsStore(path).records()
+    assert data.startswith(first) and [r["episode"] for r in recs] == [0, 1]
