@@ -105,35 +105,53 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
     x.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     x.add_argument("--log-level", default="WARNING")
+    from .dist_cli import add_arguments
+
+    add_arguments(p)  # --grid, --workers, --ray-address (Ray; docs/distributed.md)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """Defaults <- --config YAML <- --preset <- explicit flags."""
-    base = to_dict(load_yaml(EvalConfig, args.config) if args.config else EvalConfig())
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The EvalConfig fields the command line sets (--preset, --quant-config, explicit flags), nested
+    like EvalConfig: ``{"episodes": 2, "quant": {...}, "calib": {...}}``. Also applied to every run of
+    a --grid."""
     preset = dict(PRESETS[args.preset]) if args.preset else {}
     flat = {k: v for k, v in vars(args).items() if v is not None}
     for k, v in preset.items():
         flat.setdefault(k, v)
-    quant = dict(base["quant"])
-    if args.quant_config:
-        quant = to_dict(load_yaml(QuantConfig, args.quant_config))
-    for k in ("method", "bits", "group", "rank", "recompute"):
-        if k in flat:
-            quant[k] = flat[k]
-    calib = dict(base["calib"])
-    for k in ("suite", "episodes", "tasks", "max_steps", "dataset"):
-        if f"calib_{k}" in flat:
-            calib[k] = flat[f"calib_{k}"]
+    quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else {}
+    quant.update({k: flat[k] for k in ("method", "bits", "group", "rank", "recompute") if k in flat})
+    calib = {k: flat[f"calib_{k}"] for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
+             if f"calib_{k}" in flat}
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "out", "video", "cache_dir") if k in flat}
+                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "out", "video",
+                                "cache_dir") if k in flat}
+    return {**top, **({"quant": quant} if quant else {}), **({"calib": calib} if calib else {})}
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """Defaults <- --config YAML <- --preset <- explicit flags. Device "auto" is resolved here."""
+    base = to_dict(load_yaml(EvalConfig, args.config) if args.config else EvalConfig())
+    over = flag_overrides(args)
+    quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else dict(base["quant"])
+    quant.update(over.pop("quant", {}))
+    calib = {**base["calib"], **over.pop("calib", {})}
+    merged = {**base, **over, "quant": quant, "calib": calib}
+    if merged.get("device") in (None, "auto"):
+        merged["device"] = _auto_device()
     given = [f"--calib-{k.replace('_', '-')}" for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
              if getattr(args, f"calib_{k}") is not None]
-    if given and quant.get("method") != "awq" and not flat.get("server"):
+    if given and quant.get("method") != "awq" and not merged.get("server"):
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --method awq only "
                          f"(method is {quant.get('method')!r})")
-    return from_dict(EvalConfig, {**base, **top, "quant": quant, "calib": calib})
+    return from_dict(EvalConfig, merged)
 
 
 def _adopt_server(cfg: EvalConfig, policy, explicit_quant: bool) -> EvalConfig:
@@ -209,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from . import dist_cli
+
+    if dist_cli.wants_distributed(args):
+        return dist_cli.main(args, parser)
     try:
         cfg = config_from_args(args)
         if args.dry_run:

@@ -2,9 +2,12 @@
 
 Kernels know the packed storage format (``vla_ttq.quant.packing``) but neither the model nor
 how D was chosen: they compute ``y = (x / s) @ dequant(W_q)ᵀ + (x Aᵀ) Bᵀ + bias`` and the online
-``quantize_pack`` step. ``reference`` is plain torch (CPU and GPU) and defines the semantics.
+``quantize_pack`` step. ``reference`` is plain torch (CPU and GPU) and defines the semantics;
+``triton`` (our kernels, ``layout.py`` / ``triton_kernels.py``), ``torch_int4`` and ``marlin`` are
+the fast ones. See docs/kernels.md.
 """
 
-from .dispatch import available_backends, quant_matmul, quantize_pack, select_backend
+from .dispatch import (available_backends, prepare, quant_matmul, quantize_pack, register_backend,
+                       select_backend)
 
-__all__ = ["available_backends", "quant_matmul", "quantize_pack", "select_backend"]
+__all__ = ["available_backends", "prepare", "quant_matmul", "quantize_pack", "register_backend", "select_backend"]

@@ -1,45 +1,86 @@
-"""Backend registry and automatic choice (override with ``backend=``)."""
+"""Backend registry and automatic choice (override with ``backend=``).
+
+A backend computes ``y = (x / cs) @ Ŵᵀ + (x Aᵀ) Bᵀ + bias`` (``quant_matmul``) and TTQ's online
+``quantize_pack``; ``prepare`` turns the storage-format :class:`PackedWeight` into whatever the
+backend reads (once per static layer: :class:`~vla_ttq.quant.modules.QuantLinear` caches it).
+"auto" takes the first backend in preference order that can run the case *and* is meant for
+automatic use on that device (the Triton interpreter runs on CPU, but only when asked for).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..quant.packing import PackedWeight
-from . import reference
+from . import marlin, reference, torch_int4, triton_backend
 
-# name -> (is_available(device, bits, group) -> bool, quant_matmul, quantize_pack)
-_BACKENDS: dict[str, tuple[Callable[..., bool], Callable[..., torch.Tensor], Callable[..., PackedWeight]]] = {
-    "reference": (lambda device, bits, group: True, reference.quant_matmul, reference.quantize_pack),
+
+@dataclass(frozen=True)
+class Backend:
+    is_available: Callable[[torch.device, int, int], bool]  # (device, bits, group) -> can run it
+    matmul: Callable[..., torch.Tensor]
+    pack: Callable[..., PackedWeight]
+    prepare: Callable[[PackedWeight], PackedWeight] = lambda packed: packed
+    auto_ok: Callable[[torch.device], bool] = lambda device: True
+
+
+_BACKENDS: dict[str, Backend] = {
+    "reference": Backend(lambda device, bits, group: True, reference.quant_matmul, reference.quantize_pack),
 }
 # Preference order for "auto": the first available one wins.
 _AUTO_ORDER: list[str] = ["reference"]
 
 
-def register_backend(name: str, is_available, matmul, pack, prefer: bool = False) -> None:
-    _BACKENDS[name] = (is_available, matmul, pack)
+def register_backend(name: str, is_available, matmul, pack, prefer: bool = False,
+                     prepare=None, auto_ok=None) -> None:
+    """Add a backend; ``prefer`` puts it first in the auto order, else just before 'reference'."""
+    _BACKENDS[name] = Backend(is_available, matmul, pack, prepare or (lambda packed: packed),
+                              auto_ok or (lambda device: True))
     if name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(0 if prefer else len(_AUTO_ORDER) - 1, name)
 
 
 def available_backends(device: torch.device | str = "cpu", bits: int = 4, group: int = 64) -> list[str]:
-    return [n for n in _AUTO_ORDER if _BACKENDS[n][0](torch.device(device), bits, group)]
+    """Backends that can run ``bits``/``group`` on ``device``, in auto preference order."""
+    return [n for n in _AUTO_ORDER if _BACKENDS[n].is_available(torch.device(device), bits, group)]
 
 
 def select_backend(device: torch.device | str, bits: int, group: int, override: str | None = None) -> str:
+    device = torch.device(device)
     if override and override != "auto":
         if override not in _BACKENDS:
             raise ValueError(f"unknown kernel backend {override!r}; known: {', '.join(sorted(_BACKENDS))}")
-        if not _BACKENDS[override][0](torch.device(device), bits, group):
+        if not _BACKENDS[override].is_available(device, bits, group):
             raise ValueError(f"kernel backend {override!r} cannot run {bits}-bit g{group} on {device}")
         return override
-    return available_backends(device, bits, group)[0]
+    return next(n for n in available_backends(device, bits, group) if _BACKENDS[n].auto_ok(device))
+
+
+def _get(backend: str) -> Backend:
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; known: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[backend]
+
+
+def prepare(packed: PackedWeight, backend: str = "reference") -> PackedWeight:
+    return _get(backend).prepare(packed)
 
 
 def quant_matmul(x, packed, col_scale=None, lowrank=None, bias=None, backend: str = "reference"):
-    return _BACKENDS[backend][1](x, packed, col_scale, lowrank, bias)
+    return _get(backend).matmul(x, packed, col_scale, lowrank, bias)
 
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16, backend="reference"):
-    return _BACKENDS[backend][2](w, col_scale, bits, group, symmetric, nu, scale_dtype)
+    return _get(backend).pack(w, col_scale, bits, group, symmetric, nu, scale_dtype)
+
+
+# Auto order after registration: triton, torch_int4 (W4, CUDA), marlin (W4, where vLLM is importable), reference.
+register_backend("torch_int4", torch_int4.is_available, torch_int4.quant_matmul, torch_int4.quantize_pack,
+                 prepare=torch_int4.prepare)
+register_backend("triton", triton_backend.is_available, triton_backend.quant_matmul, triton_backend.quantize_pack,
+                 prefer=True, prepare=triton_backend.prepare, auto_ok=lambda device: device.type == "cuda")
+register_backend("marlin", marlin.is_available, marlin.quant_matmul, marlin.quantize_pack, prefer=False,
+                 prepare=marlin.prepare)

@@ -76,10 +76,18 @@ class GemmaMLP(nn.Module):
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin of shape (B, L, head_dim), computed in float32 and cast like transformers does."""
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+                round_inv_freq: bool = True):
+    """cos/sin of shape (B, L, head_dim), computed in float32 and cast like transformers does.
+
+    ``round_inv_freq``: lerobot casts its whole bfloat16 model with ``.to(bfloat16)``, which also
+    rounds the rotary ``inv_freq`` buffers to bfloat16 (they stay so: only parameters go back to
+    float32). True reproduces that (a no-op in float32); False keeps openpi's float32 frequencies.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
                                 / head_dim))
+    if round_inv_freq:
+        inv_freq = inv_freq.to(dtype).float()
     freqs = positions[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -179,9 +187,9 @@ class GemmaTransformer(nn.Module):
                      else AdaptiveRMSNorm(spec.width, cond_dim, spec.rms_norm_eps))
 
     def forward(self, h, positions, mask, cond=None, past: KVCache | None = None, attn_impl="eager",
-                final_norm: bool = True):
+                final_norm: bool = True, round_inv_freq: bool = True):
         """Run all layers. Returns (output, per-layer (k, v) of these tokens)."""
-        cos, sin = rope_tables(positions, self.spec.head_dim, self.spec.rope_theta, h.dtype)
+        cos, sin = rope_tables(positions, self.spec.head_dim, self.spec.rope_theta, h.dtype, round_inv_freq)
         kv: KVCache = []
         for i, layer in enumerate(self.layers):
             h, layer_kv = layer(h, cos, sin, mask, cond, None if past is None else past[i], attn_impl)

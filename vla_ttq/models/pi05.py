@@ -84,6 +84,8 @@ class Pi05Model(nn.Module):
         self.time_mlp_in = nn.Linear(w, w)
         self.time_mlp_out = nn.Linear(w, w)
         self.attn_impl = "eager"  # "sdpa" is faster on GPU, numerically not identical to lerobot
+        # bfloat16 RoPE frequencies rounded like lerobot's (see gemma.rope_tables); False = openpi's float32
+        self.rope_like_lerobot = True
 
     # --- pieces ---------------------------------------------------------------------------
     @property
@@ -122,7 +124,7 @@ class Pi05Model(nn.Module):
         allowed = pad[:, None, :] & pad[:, :, None]  # prefix attention is bidirectional over valid tokens
         positions = torch.cumsum(pad, dim=1) - 1
         _, kv = self.language_model(embs.to(self.compute_dtype), positions, additive_mask(allowed),
-                                    attn_impl=self.attn_impl, final_norm=False)
+                                    attn_impl=self.attn_impl, final_norm=False, round_inv_freq=self.rope_like_lerobot)
         return kv, pad
 
     def denoise_step(self, kv: KVCache, prefix_pad: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
@@ -137,7 +139,7 @@ class Pi05Model(nn.Module):
                              torch.ones(b, chunk, chunk, dtype=torch.bool, device=x_t.device)], dim=2)
         positions = prefix_pad.sum(dim=-1, keepdim=True) + torch.arange(chunk, device=x_t.device)[None]
         out, _ = self.expert(h.to(self.compute_dtype), positions, additive_mask(allowed), cond=cond, past=kv,
-                             attn_impl=self.attn_impl)
+                             attn_impl=self.attn_impl, round_inv_freq=self.rope_like_lerobot)
         return self.action_out_proj(out[:, -chunk:].to(torch.float32))
 
     @torch.no_grad()

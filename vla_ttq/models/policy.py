@@ -126,6 +126,7 @@ class Pi05Policy:
             "n_action_steps": cfg.n_action_steps, "num_inference_steps": cfg.num_inference_steps,
             "dtype": str(self.model.compute_dtype).removeprefix("torch."), "device": str(self.device),
             "state_prompt": self.state_prompt, "cameras": cfg.image_keys,
+            "rope_like_lerobot": self.model.rope_like_lerobot, "attn_impl": self.model.attn_impl,
             "quant": None if self.quant_config is None else to_dict(self.quant_config),
             "quantize_expert": self.quantize_expert,
             "quantized_modules": 0 if rep is None else len(rep.modules),
@@ -252,12 +253,14 @@ def load_policy(path_or_hub_id: str | Path, device: str | torch.device = "cpu", 
                 n_action_steps: int | None = None, num_inference_steps: int | None = None,
                 state_prompt: str = "raw", tokenizer: str | Path | None = None, seed: int = 0,
                 attn_impl: str = "eager", camera_map: dict[str, str] | None = None,
-                verbose: bool = False) -> Pi05Policy:
+                rope_like_lerobot: bool = True, verbose: bool = False) -> Pi05Policy:
     """Load a lerobot pi0.5 checkpoint (local directory, or hub id when online) as a :class:`Pi05Policy`.
 
     dtype: ``None`` keeps the checkpoint config's ``dtype``; ``"bfloat16"`` keeps the vision path,
     norms and action/time projections in float32 as lerobot does. ``state_prompt``: ``"raw"``
-    (lerobot >= 0.5) or ``"padded"`` (lerobot 0.4.x); see docs/model.md.
+    (lerobot >= 0.5) or ``"padded"`` (lerobot 0.4.x); see docs/model.md. ``rope_like_lerobot``:
+    in bfloat16, round the RoPE frequencies to bfloat16 as lerobot's model does (bit parity with
+    lerobot); False keeps them float32 as openpi does. No effect in float32.
     """
     directory = resolve_checkpoint(path_or_hub_id)
     config_path = directory / "config.json"
@@ -284,6 +287,7 @@ def load_policy(path_or_hub_id: str | Path, device: str | torch.device = "cpu", 
     tok_path = resolve_tokenizer(tokenizer, directory, processor.tokenizer_name or DEFAULT_TOKENIZER)
     root = build_model(cfg, directory / WEIGHTS_FILE, dtype=torch_dtype, device=device)
     root.model.attn_impl = attn_impl
+    root.model.rope_like_lerobot = bool(rope_like_lerobot)
     policy = Pi05Policy(root, processor, PromptTokenizer(tok_path, max_len), str(path_or_hub_id), torch.device(device),
                         state_prompt=state_prompt, camera_map=camera_map, seed=seed)
     if quant is not None and quant.method != "fp":

@@ -131,10 +131,15 @@ def write_processor_files(out_dir: Path, cfg: Pi05Config, seed: int, tokenizer_n
 # --- weights ------------------------------------------------------------------------------
 @torch.no_grad()
 def randomize_(root: Pi05Checkpoint, seed: int) -> None:
-    """Random weights scaled so every block matters (norm gains and AdaRMS modulation too)."""
-    g = torch.Generator().manual_seed(seed)
+    """Random weights scaled so every block matters (norm gains and AdaRMS modulation too).
+
+    Drawn on each parameter's own device (one generator per device), so a full-size model built
+    on a GPU is randomised there; on CPU the values are those of the tiny checkpoint."""
+    gens: dict[torch.device, torch.Generator] = {}
     for name, p in sorted(root.named_parameters()):
-        noise = torch.randn(p.shape, generator=g)
+        if p.device not in gens:
+            gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+        noise = torch.randn(p.shape, generator=gens[p.device], device=p.device)
         if p.dim() == 1:  # biases and norm gains; LayerNorm gains centre on 1, Gemma's (1 + w) on 0
             centre = 1.0 if ("layer_norm" in name or "post_layernorm" in name) and name.endswith("weight") else 0.0
             p.copy_(centre + 0.1 * noise)

@@ -42,6 +42,18 @@ class QuantReport:
     def ratio(self) -> float:
         return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
 
+    def to_dict(self) -> dict:
+        return {"method": self.method, "num_modules": len(self.modules), "modules": list(self.modules),
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after, "ratio": self.ratio,
+                "awq_alpha": dict(self.awq_alpha)}
+
+    def save(self, path) -> None:
+        """Write :meth:`to_dict` as JSON (the record of what was quantized)."""
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
     def summary(self) -> str:
         gib = 2**20
         return (f"{self.method}: {len(self.modules)} linear layers quantized; weight memory of those layers "

@@ -29,6 +29,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("col_scale", col_scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.backend_override = backend
+        self._prepared: tuple[tuple, PackedWeight] | None = None  # the backend's copy of the weight (not saved)
 
     @property
     def packed(self) -> PackedWeight:
@@ -39,9 +40,16 @@ class QuantLinear(nn.Module):
     def weight_nbytes(self) -> int:
         return self.packed.nbytes + (0 if self.col_scale is None else self.col_scale.numel() * self.col_scale.element_size())
 
+    def prepared(self, backend: str) -> PackedWeight:
+        """The weight in ``backend``'s layout, converted once and rebuilt only if the buffers change."""
+        key = (backend, self.qdata.device, self.qdata.data_ptr(), self.qdata._version, self.qscale._version)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, kernels.prepare(self.packed, backend))
+        return self._prepared[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = kernels.select_backend(x.device, self.bits, self.group, self.backend_override)
-        return kernels.quant_matmul(x, self.packed, self.col_scale, None, self.bias, backend=backend)
+        return kernels.quant_matmul(x, self.prepared(backend), self.col_scale, None, self.bias, backend=backend)
 
     def extra_repr(self) -> str:
         awq = "" if self.col_scale is None else ", activation-scaled"

@@ -1,0 +1,242 @@
+"""Kernel backends against the float64 reference on fresh random data.
+
+Without CUDA the Triton kernels run under the Triton CPU interpreter (TRITON_INTERPRET=1, set here
+before any kernel is decorated); with CUDA the same tests run the compiled kernels in bf16.
+"""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from vla_ttq import kernels  # noqa: E402
+from vla_ttq.config import QuantConfig  # noqa: E402
+from vla_ttq.kernels import reference, triton_backend  # noqa: E402
+from vla_ttq.kernels.layout import PlanarPackedWeight, planar_pack, planar_unpack, slice_widths  # noqa: E402
+from vla_ttq.quant import QuantLinear, TTQLinear  # noqa: E402
+
+pytest.importorskip("triton")
+
+DEV = torch.device("cuda" if CUDA else "cpu")
+XDTYPE = torch.bfloat16 if CUDA else torch.float32
+TOL = 1e-2 if CUDA else 1e-5  # bf16 output rounding on GPU; fp32 arithmetic in the interpreter
+_SEED = [1000]
+
+
+def gen():
+    """A fresh generator per call: every check sees new random data."""
+    _SEED[0] += 1
+    return torch.Generator().manual_seed(_SEED[0])
+
+
+def rand(*shape, scale=1.0):
+    return (torch.randn(*shape, generator=gen()) * scale).to(DEV)
+
+
+def col_scale(k):
+    return (torch.rand(k, generator=gen()) * 2 + 0.25).to(DEV)
+
+
+def rel_err(y, ref):
+    assert torch.isfinite(y).all(), "non-finite output"
+    return float((y.detach().double() - ref.detach()).norm() / ref.detach().norm())
+
+
+def ref_matmul(x, packed, cs=None, lowrank=None, bias=None):
+    """float64 reference: y = (x / cs) Ŵᵀ + (x Aᵀ) Bᵀ + bias."""
+    w = packed.dequantize().double()
+    xd = x.double()
+    y = (xd if cs is None else xd / cs.double()) @ w.t()
+    if lowrank is not None:
+        b, a = lowrank
+        y = y + (xd @ a.double().t()) @ b.double().t()
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_planar_layout_round_trips_and_keeps_the_byte_count(bits):
+    for group in (32, 64, 128):
+        codes = torch.randint(0, 2**bits, (6, 256), generator=gen(), dtype=torch.uint8)
+        words = planar_pack(codes, bits, group)
+        assert words.dtype == torch.int32 and words.numel() * 4 == 6 * 256 * bits // 8
+        assert torch.equal(planar_unpack(words, bits, group, 256), codes)
+    assert sum(w for _, w in slice_widths(bits)) == bits
+
+
+def test_planar_layout_puts_slab_i_of_a_group_in_bit_field_i():
+    codes = torch.arange(32, dtype=torch.uint8).remainder(16).view(1, 32)  # one 4-bit group of 32
+    words = planar_pack(codes, 4, 32).view(-1).to(torch.int64) & 0xFFFFFFFF
+    assert words.numel() == 4  # wg = 32*4/32 words
+    for j in range(4):
+        for i in range(8):
+            assert (int(words[j]) >> (4 * i)) & 0xF == int(codes[0, i * 4 + j])
+
+
+def test_planar_layout_rejects_groups_that_are_not_multiples_of_32():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        planar_pack(torch.zeros(2, 48, dtype=torch.uint8), 4, 16)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_online_quantize_kernel_equals_the_reference_quantizer(bits, group):
+    w = rand(40, 256)
+    cs = col_scale(256)
+    ref = reference.quantize_pack(w, cs, bits, group)
+    got = triton_backend.quantize_pack(w, cs, bits, group)
+    assert isinstance(got, PlanarPackedWeight)
+    assert torch.equal(got.scale, ref.scale) and torch.equal(got.zero, ref.zero)
+    diff = (got.codes().int() - ref.codes().int()).abs()
+    # Identical arithmetic; on GPU an FMA contraction may move a value sitting on a rounding tie.
+    assert int(diff.max()) <= (1 if CUDA else 0) and float((diff > 0).float().mean()) <= 1e-4
+
+
+@pytest.mark.parametrize("opts", [dict(symmetric=True), dict(nu=0.9), dict(scale_dtype=torch.bfloat16),
+                                  dict(scale_dtype=torch.float32)])
+def test_online_quantize_kernel_options_match_the_reference(opts):
+    w = rand(24, 128, scale=3.0)
+    w[0, :32] = 0.5  # a constant group: the scale floor path
+    ref = reference.quantize_pack(w, None, 3, 32, **opts)
+    got = triton_backend.quantize_pack(w, None, 3, 32, **opts)
+    assert torch.equal(got.scale, ref.scale) and torch.equal(got.zero, ref.zero)
+    assert int((got.codes().int() - ref.codes().int()).abs().max()) <= (1 if CUDA else 0)
+
+
+# M = 1, 3: GEMV; 20: tensor-core GEMM (forced: this layer is small) and the default dequantize +
+# dense matmul; 300: dequantize + dense matmul.
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
+    N, K, R = 40, 256, 8
+    packed = triton_backend.quantize_pack(rand(N, K), None, bits, group)
+    lowrank = (rand(N, R, scale=0.1), rand(R, K, scale=0.1))
+    bias = rand(N)
+    for M, cs, lr, b, path in ((1, col_scale(K), lowrank, bias, None), (3, None, None, None, None),
+                               (20, col_scale(K), lowrank, None, "dot"), (20, None, None, bias, None),
+                               (300, col_scale(K), lowrank, bias, None)):
+        x = rand(M, K).to(XDTYPE)
+        y = triton_backend.quant_matmul(x, packed, cs, lr, b, path=path)
+        assert y.shape == (M, N) and y.dtype == XDTYPE
+        err = rel_err(y, ref_matmul(x, packed, cs, lr, b))
+        assert err < TOL, (M, path, err)
+
+
+def test_every_tile_candidate_computes_the_same_function():
+    N, K = 72, 512  # N not a multiple of any tile: masked rows
+    packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
+    x, cs = rand(2, K).to(XDTYPE), col_scale(K)
+    ref = ref_matmul(x, packed, cs)
+    for use_dot, M in ((False, 2), (True, 2)):
+        cands = triton_backend._candidates(use_dot, 4, 64, K, N, M, 1)
+        cands += [c[:3] + (1,) + c[4:] for c in cands]  # also the fused epilogue (no split-K)
+        assert any(c[3] > 1 for c in cands)
+        for cfg in cands:
+            out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
+            triton_backend._launch(cfg, x, cs.float(), packed, None, None, None, out, use_dot)
+            assert rel_err(out, ref) < TOL, cfg
+
+
+def test_triton_accepts_the_storage_format_and_leading_batch_dims():
+    packed = reference.quantize_pack(rand(32, 128), None, 4, 32)
+    x = rand(2, 3, 128).to(XDTYPE)
+    y = triton_backend.quant_matmul(x, packed)
+    assert y.shape == (2, 3, 32)
+    assert rel_err(y.reshape(6, 32), ref_matmul(x.reshape(6, 128), packed)) < TOL
+    with pytest.raises(ValueError, match="expects 128"):
+        triton_backend.quant_matmul(rand(1, 64).to(XDTYPE), packed)
+
+
+def test_non_dense_planar_weights_are_made_dense_before_launch():
+    packed = triton_backend.quantize_pack(rand(32, 128), None, 4, 32)
+    odd = PlanarPackedWeight(packed.data, packed.scale.contiguous(), packed.zero.contiguous(), 4, 32, (32, 128))
+    assert not odd.scale_t.is_contiguous()
+    x = rand(1, 128).to(XDTYPE)
+    assert rel_err(triton_backend.quant_matmul(x, odd), ref_matmul(x, packed)) < TOL
+
+
+def test_dequantize_kernel_gives_the_effective_weight():
+    packed = triton_backend.quantize_pack(rand(16, 128), None, 3, 64)
+    cs = col_scale(128)
+    w = triton_backend.dequantize_t(packed, cs, torch.float32).t()
+    ref = packed.dequantize().double() / cs.double()
+    assert rel_err(w, ref) < 1e-6 and w.shape == (16, 128)
+
+
+def test_path_rule_follows_m_and_layer_size():
+    assert triton_backend.path_for(1, 256, 256) == "gemv"
+    assert triton_backend.path_for(16, 16384, 2048) == "dot"
+    assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
+    assert triton_backend.path_for(800, 16384, 2048) == "dequant"
+    with pytest.raises(ValueError, match="at most"):
+        triton_backend.quant_matmul(rand(20, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
+                                    path="gemv")
+
+
+def test_auto_never_picks_the_interpreter_and_overrides_are_checked():
+    assert kernels.select_backend("cpu", 4, 64) == "reference"
+    if not CUDA:
+        assert kernels.select_backend("cpu", 4, 64, "triton") == "triton"  # explicit: interpreter allowed
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.select_backend("cpu", 4, 64, "cutlass")
+    with pytest.raises(ValueError, match="cannot run 4-bit g16"):
+        kernels.select_backend(DEV, 4, 16, "triton")
+    with pytest.raises(ValueError, match="cannot run 2-bit"):
+        kernels.select_backend(DEV, 2, 64, "torch_int4")
+    assert "triton" not in kernels.available_backends(DEV, 4, 48)
+
+
+def test_quant_linear_and_ttq_linear_run_through_the_triton_backend():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48).to(DEV)
+    x = rand(5, 128).to(XDTYPE)
+    packed = reference.quantize_pack(lin.weight, None, 4, 32)
+    ql = QuantLinear(packed, None, lin.bias, backend="triton")
+    y = ql(x)
+    assert rel_err(y, ref_matmul(x, packed, bias=lin.bias)) < TOL
+    first = ql.prepared("triton")
+    assert isinstance(first, PlanarPackedWeight) and ql.prepared("triton") is first  # converted once
+    ql.qscale.mul_(2.0)  # buffers changed in place: the cached copy must follow
+    assert ql.prepared("triton") is not first
+    cfg = QuantConfig(bits=3, group=32, rank=4, backend="triton", check_finite=False)
+    ttq = TTQLinear(lin, cfg).to(DEV)
+    ref_cfg = QuantConfig(bits=3, group=32, rank=4, backend="reference", check_finite=False)
+    ttq_ref = TTQLinear(lin, ref_cfg).to(DEV)
+    xx = rand(7, 128)
+    assert rel_err(ttq(xx.to(XDTYPE)), ttq_ref(xx.to(XDTYPE).float()).double()) < (3e-2 if CUDA else 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_torch_int4_backend_matches_reference():
+    packed = reference.quantize_pack(rand(256, 512), None, 4, 64)
+    x, cs = rand(3, 512).to(torch.bfloat16), col_scale(512)
+    lowrank = (rand(256, 16, scale=0.1), rand(16, 512, scale=0.1))
+    y = kernels.quant_matmul(x, kernels.prepare(packed, "torch_int4"), cs, lowrank, None, backend="torch_int4")
+    assert rel_err(y, ref_matmul(x, packed, cs, lowrank)) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("M", [1, 16, 64, 800])
+def test_triton_at_pi05_gate_shape(M):
+    packed = triton_backend.quantize_pack(rand(16384, 2048, scale=0.02).to(torch.bfloat16), col_scale(2048), 2, 64)
+    x, cs = rand(M, 2048).to(torch.bfloat16), col_scale(2048)
+    assert rel_err(triton_backend.quant_matmul(x, packed, cs), ref_matmul(x, packed, cs)) < 1e-2
+
+
+def test_marlin_is_unavailable_without_vllm_or_matches_reference():
+    from vla_ttq.kernels import marlin
+
+    if not CUDA:
+        assert not marlin.is_available(torch.device("cpu"), 4, 64)
+        return
+    if not marlin.is_available(DEV, 4, 128):
+        assert marlin.unavailable_reason()
+        pytest.skip(f"marlin unavailable: {marlin.unavailable_reason()}")
+    packed = reference.quantize_pack(rand(256, 512), None, 4, 128)
+    x = rand(2, 512).to(torch.float16)
+    assert rel_err(marlin.quant_matmul(x, packed), ref_matmul(x, packed)) < 1e-2

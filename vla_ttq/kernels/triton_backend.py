@@ -1,0 +1,280 @@
+"""Launching the Triton kernels: shape checks, the kernel chosen by M, tile/split choice and tuning.
+
+Rule (by the number of tokens M = x.numel() / K):
+* M <= GEMV_MAX_M: split-K GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows);
+* M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized
+  tiles fed to tl.dot);
+* otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
+  is compute bound (pi0.5's ~800-token prefix).
+Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
+low-rank term. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
+M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bucket).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..quant.packing import PackedWeight
+from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
+
+GEMV_MAX_M = 8
+DOT_MAX_M = 64
+DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
+_TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
+_PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
+              torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_MODULE: list = [None, None]  # [kernels module, interpreted?]
+
+
+def _tk():
+    """The kernels module, imported on first use: triton.jit reads TRITON_INTERPRET when it decorates,
+    so a module imported before the variable was set is re-imported under the interpreter."""
+    if _MODULE[0] is None or _MODULE[1] != interpreting():
+        mod = importlib.import_module(f"{__package__}.triton_kernels")
+        if _MODULE[0] is not None:
+            mod = importlib.reload(mod)
+        _MODULE[:] = [mod, interpreting()]
+    return _MODULE[0]
+
+
+def is_available(device: torch.device, bits: int, group: int) -> bool:
+    """CUDA, or CPU under the Triton interpreter (tests); planar layout needs group % 32 == 0."""
+    if group % 32 or not 1 <= bits <= 8 or importlib.util.find_spec("triton") is None:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def _tl_dtype(dtype: torch.dtype):
+    tk = _tk()
+    return {torch.float16: tk.tl.float16, torch.bfloat16: tk.tl.bfloat16, torch.float32: tk.tl.float32}[dtype]
+
+
+def _slices(bits: int, K: int) -> dict:
+    """Constexprs W0..W2 / OFF1, OFF2 and first word rows row1, row2 of the slices."""
+    sl = slice_widths(bits) + [(0, 0)] * (3 - len(slice_widths(bits)))
+    rows, c = [], 0
+    for _, w in sl:
+        rows.append(c)
+        c += K * w // 32
+    return dict(W0=sl[0][1], W1=sl[1][1], W2=sl[2][1], OFF1=sl[1][0], OFF2=sl[2][0], row1=rows[1], row2=rows[2])
+
+
+def prepare(packed: PackedWeight) -> PlanarPackedWeight:
+    check_planar_shape(packed.shape, packed.group)
+    p = PlanarPackedWeight.from_packed(packed)
+    if not (p.data.is_contiguous() and p.scale_t.is_contiguous() and p.zero_t.is_contiguous()):
+        # the kernels index raw memory: (KW, N) words and (K/g, N) S, Z must be dense
+        p = PlanarPackedWeight(p.data.contiguous(), p.scale_t.contiguous().t(), p.zero_t.contiguous().t(),
+                               p.bits, p.group, p.shape)
+    return p
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sms: int) -> list[tuple]:
+    """(BM, BN, GT, split, num_warps) candidates; the first one is the heuristic's choice.
+
+    GEMV tiles are 128·num_warps columns wide (4 per thread, 16-byte loads, one warp per 128
+    columns) and ~8 word rows deep, so each thread reduces over K in its registers."""
+    G = K // group
+    wmin = min(w for _, w in slice_widths(bits))
+    out = []
+    if use_dot:
+        bm = min(64, max(16, _next_pow2(M)))
+        gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
+        shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
+                  (bm, 64, 2 * gt_min, 4, (2,))]
+    else:
+        bm = _next_pow2(M)
+        w0 = slice_widths(bits)[0][1]
+        gt8 = max(1, 8 * 32 // (group * w0))  # ~8 word rows of slice 0 per tile
+        if bm == 1:
+            # H100 sweep (docs/kernels.md): 512 columns x 4 warps, ~4 programs per SM, won on the large layers
+            shapes = [(1, 512, gt8, 4, (4, 8)), (1, 512, 2 * gt8, 4, (4, 8)), (1, 256, gt8, 2, (4, 8)),
+                      (1, 128, gt8, 1, (4, 8)), (1, 128, 8 * gt8, 8, (1, 4)), (1, 256, 4 * gt8, 8, (1, 4))]
+        else:
+            shapes = [(bm, 128, gt8, 1, (4, 2)), (bm, 256, gt8, 2, (4, 2)), (bm, 64, gt8, 1, (4,)),
+                      (bm, 128, max(1, gt8 // 2), 1, (4,))]
+    for bm_, bn, gt, warps, waves_list in shapes:
+        bn = min(bn, max(16, _next_pow2(N)))
+        gt = min(gt, _next_pow2(G))
+        k_tiles = math.ceil(G / gt)
+        programs = math.ceil(N / bn) * math.ceil(M / bm_)
+        for waves in waves_list:  # aim at this many programs per SM (split-K fills the rest)
+            split = max(1, min(k_tiles, math.ceil(waves * sms / programs)))
+            cfg = (bm_, bn, gt, split, warps)
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
+    tk = _tk()
+    bm, bn, gt, split, warps = cfg
+    M, K = x2.shape
+    N = packed.shape[0]
+    G = K // packed.group
+    k_tiles = math.ceil(G / gt)
+    per = math.ceil(k_tiles / split)
+    split = math.ceil(k_tiles / per)  # no empty programs
+    sl = _slices(packed.bits, K)
+    R = 0 if lowrank_t is None else lowrank_t.shape[1]
+    common = dict(HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, BR=max(2, _next_pow2(R)))
+    dummy = x2
+    partial = split > 1
+    dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
+    grid = (math.ceil(N / bn), split, math.ceil(M / bm))
+    tk.quant_matmul_kernel[grid](
+        x2, cs if cs is not None else dummy, packed.data, packed.scale_t, packed.zero_t, dst,
+        bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
+        lr_b if lr_b is not None else dummy,
+        M, N, K, G, sl["row1"], sl["row2"], per, R,
+        W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
+        BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
+        num_warps=warps, **common,
+    )
+    if partial:
+        rbm, rbn = min(16, _next_pow2(M)), 128
+        tk.reduce_kernel[(math.ceil(N / rbn), math.ceil(M / rbm))](
+            dst, out, bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
+            lr_b if lr_b is not None else dummy, M, N, split, R, BM=rbm, BN=rbn, num_warps=4, **common)
+    return out
+
+
+def _tune(key, cands, run) -> tuple:
+    """Time each candidate (CUDA-graph replays: µs kernels would otherwise time the Python launch)
+    and keep the fastest for this key. The weight is not rotated, so small layers are timed from L2."""
+    from triton.testing import do_bench_cudagraph
+
+    best, best_t = cands[0], float("inf")
+    for cfg in cands:
+        try:
+            t = do_bench_cudagraph(lambda: run(cfg), rep=20, return_mode="median")
+        except Exception as exc:  # a candidate that fails to compile or launch is skipped, not fatal
+            warnings.warn(f"kernel tile candidate {cfg} failed while autotuning: {exc}", stacklevel=2)
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    _TUNED[key] = best
+    return best
+
+
+def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """(Ŵ / cs)ᵀ as a dense (K, N) tensor in ``dtype`` (one Triton pass, coalesced along N)."""
+    tk = _tk()
+    N, K = packed.shape
+    out = torch.empty((K, N), device=packed.data.device, dtype=dtype)
+    sl = _slices(packed.bits, K)
+    bn, bk = 128, 32
+    tk.dequant_kernel[(math.ceil(N / bn), math.ceil(K / bk))](
+        packed.data, packed.scale_t, packed.zero_t, col_scale if col_scale is not None else packed.scale_t, out,
+        N, K, K // packed.group, sl["row1"], sl["row2"],
+        W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group,
+        BN=bn, BK=bk, HAS_CS=col_scale is not None, num_warps=4)
+    return out
+
+
+def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
+    """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100 runs)."""
+    if 0 < M <= GEMV_MAX_M:
+        return "gemv"
+    if 0 < M <= DOT_MAX_M and N * K >= DOT_MIN_NK:
+        return "dot"
+    return "dequant"
+
+
+def _autotune_max_m() -> int:
+    """VLA_TTQ_AUTOTUNE: unset/0 = heuristic tiles; n = tune calls with M <= n; "all" = tune every M."""
+    v = os.environ.get("VLA_TTQ_AUTOTUNE", "0").strip().lower()
+    return 1 << 30 if v == "all" else int(v or 0)
+
+
+def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=None, bias=None,
+                 path: str | None = None) -> torch.Tensor:
+    """y = (x / cs) Ŵᵀ + (x Aᵀ) Bᵀ + bias; ``path`` forces gemv | dot | dequant (benchmarks)."""
+    N, K = packed.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"input has {x.shape[-1]} features, the quantized weight expects {K}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"triton backend takes float16/bfloat16/float32 inputs, got {x.dtype}")
+    packed = prepare(packed)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K).contiguous()
+    M = x2.shape[0]
+    cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
+    path = path or path_for(M, N, K)
+    if path == "dequant":
+        wt = dequantize_t(packed, cs, x.dtype)
+        y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
+        if lowrank is not None:
+            b, a = lowrank
+            y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
+        return y.reshape(*lead, N)
+    t = lr_b = None
+    if lowrank is not None:
+        b, a = lowrank
+        t = F.linear(x2, a.to(x.dtype)).float().contiguous()
+        lr_b = b.contiguous()
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    use_dot = path == "dot"
+    if path == "gemv" and M > GEMV_MAX_M:
+        raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
+    cands = _candidates(use_dot, packed.bits, packed.group, K, N, M, _num_sms(x.device))
+    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
+            cfg = _tune(key, cands, lambda c: _launch(c, x2, cs, packed, t, lr_b, bias, out, use_dot))
+        else:
+            cfg = cands[0]
+    _launch(cfg, x2, cs, packed, t, lr_b, bias, out, use_dot)
+    return out.reshape(*lead, N)
+
+
+def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16) -> PlanarPackedWeight:
+    """TTQ's online step, one Triton pass: Q[w * col_scale] straight into the planar layout."""
+    tk = _tk()
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D, got shape {tuple(w.shape)}")
+    N, K = w.shape
+    check_planar_shape((N, K), group)
+    if nu <= 0:
+        raise ValueError(f"expansion factor nu must be > 0, got {nu}")
+    w = w.contiguous()
+    G = K // group
+    data = torch.empty((K * bits // 32, N), device=w.device, dtype=torch.int32)  # transposed: see layout.py
+    scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
+    zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
+    sl = _slices(bits, K)
+    br, gt = (16, max(1, 256 // group)) if w.device.type == "cuda" else (8, 1)
+    gt = min(gt, _next_pow2(G))
+    cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
+    tk.quantize_kernel[(math.ceil(N / br), math.ceil(G / gt))](
+        w, cs if cs is not None else w, data, scale, zero, N, K, G, sl["row1"], sl["row2"],
+        (1 + nu) / 2, (1 - nu) / 2,
+        BITS=bits, W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=group, GT=gt,
+        BR=br, HAS_CS=cs is not None, SYMMETRIC=symmetric, HAS_NU=nu != 1.0, PARAM_DTYPE=_tl_dtype(scale_dtype),
+        PARAM_MIN=_PARAM_MIN[scale_dtype], num_warps=4)
+    return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, (N, K))

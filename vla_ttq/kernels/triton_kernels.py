@@ -1,0 +1,336 @@
+"""Triton kernels over the planar layout (``layout.py``). Only kernels here; launching is in
+``triton_backend.py``.
+
+Every matmul computes ``y = (x / cs) · Ŵᵀ`` with ``Ŵ = codes·S + Z`` groupwise, as a sum over the
+power-of-two code slices (slice p contributes ``2^off_p · S · slice_codes``; Z is added once).
+Codes become floats with the exponent trick ``float(c | 0x4B000000) - 2^23`` (exact for c < 2^23):
+two full-rate ALU ops instead of a quarter-rate int-to-float conversion.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MAGIC_F32 = 8388608.0  # 2^23: the float whose low mantissa bits are an integer code
+ROUND_F32 = 12582912.0  # 1.5 * 2^23: v + R - R rounds v to the nearest integer, ties to even
+
+
+@triton.jit
+def _code_float(words, shift, WBITS: tl.constexpr):
+    q = ((words >> shift) & ((1 << WBITS) - 1)) | 0x4B000000
+    return q.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _slab_float(words, SH: tl.constexpr, WBITS: tl.constexpr):
+    """Codes of bit field [SH, SH+WBITS) as floats times 2^SH when that fits the mantissa
+    (one masked OR, no shift: the caller scales x by 2^-SH, exactly), else plain codes."""
+    if SH + WBITS <= 23:
+        q = (words & (((1 << WBITS) - 1) << SH)) | 0x4B000000
+        return q.to(tl.float32, bitcast=True) - 8388608.0
+    else:
+        return _code_float(words, SH, WBITS)
+
+
+@triton.jit
+def _slab_x_scale(SH: tl.constexpr, WBITS: tl.constexpr):
+    if SH + WBITS <= 23:
+        return 1.0 / (1 << SH)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr,
+                GT: tl.constexpr):
+    """Word rows of groups [g0, g0+GT) of one slice, (BKW, BN), and each row's scale, as fp32."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    BKW: tl.constexpr = GT * WG
+    r = tl.arange(0, BKW)
+    gi = g0 + r // WG
+    mask_r = gi < G
+    m = mask_r[:, None] & mask_n[None, :]
+    words = tl.load(w_ptr + (row0 + g0 * WG + r)[:, None] * N + offs_n[None, :], mask=m, other=0)
+    scale = tl.load(s_ptr + gi[:, None] * N + offs_n[None, :], mask=m, other=0.0).to(tl.float32)
+    return words, scale, gi, mask_r, gi * GROUP + r % WG
+
+
+@triton.jit
+def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr):
+    """Contribution (BM, BN) of one code slice over groups [g0, g0+GT), on CUDA cores. Each thread
+    owns output columns and reduces over its word rows in registers."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    BKW: tl.constexpr = GT * WG
+    CPW: tl.constexpr = 32 // WBITS
+    words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
+    if BM == 1:  # decode / action-expert step: x is one vector, broadcast over the columns
+        part = tl.zeros((BKW, BN), tl.float32)
+        xsum = tl.zeros((BKW,), tl.float32)
+        xmask = mask_r & (offs_m < M)
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi = tl.load(x_ptr + offs_m * K + k, mask=xmask, other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0))
+            if WITH_ZERO:
+                xsum += xi
+            part += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None] * _slab_float(words, i * WBITS, WBITS)
+        part = part * scale
+        if WITH_ZERO:
+            zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                           other=0.0).to(tl.float32)
+            part += xsum[:, None] * zero
+        out = tl.sum(part, axis=0)
+        if SLICE_SCALE != 1:
+            out = out * SLICE_SCALE
+        return out[None, :]
+    else:
+        part3 = tl.zeros((BM, BKW, BN), tl.float32)
+        xsum3 = tl.zeros((BM, BKW), tl.float32)
+        xmask3 = mask_m[:, None] & mask_r[None, :]
+        for i in tl.static_range(CPW):
+            k = kbase + i * WG
+            xi3 = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask3, other=0.0).to(tl.float32)
+            if HAS_CS:
+                xi3 = tl.fdiv(xi3, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+            if WITH_ZERO:
+                xsum3 += xi3
+            part3 += (xi3 * _slab_x_scale(i * WBITS, WBITS))[:, :, None] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
+        part3 = part3 * scale[None, :, :]
+        if WITH_ZERO:
+            zero3 = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                            other=0.0).to(tl.float32)
+            part3 += xsum3[:, :, None] * zero3[None, :, :]
+        out3 = tl.sum(part3, axis=1)
+        if SLICE_SCALE != 1:
+            out3 = out3 * SLICE_SCALE
+        return out3
+
+
+@triton.jit
+def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+               row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
+               HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """acc (BM, BN) += x_slab · Ŵ_slab for each slab of one code slice: tensor cores."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    CPW: tl.constexpr = 32 // WBITS
+    words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
+    scale = scale * SLICE_SCALE
+    if WITH_ZERO:
+        zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                       other=0.0).to(tl.float32)
+    xmask = mask_m[:, None] & mask_r[None, :]
+    for i in tl.static_range(CPW):
+        k = kbase + i * WG
+        xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
+        if HAS_CS:
+            xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+        w = _code_float(words, i * WBITS, WBITS) * scale
+        if WITH_ZERO:
+            w += zero
+        if DOT_DTYPE == tl.float32:
+            acc = tl.dot(xi, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xi.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
+    return acc
+
+
+@triton.jit
+def _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+              HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """acc + bias + (x Aᵀ) Bᵀ, with t = x Aᵀ (M, R) fp32 computed before the launch."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_LR:
+        r = tl.arange(0, BR)
+        t = tl.load(t_ptr + offs_m[:, None] * R + r[None, :], mask=mask_m[:, None] & (r[None, :] < R), other=0.0)
+        b = tl.load(b_ptr + offs_n[:, None] * R + r[None, :], mask=mask_n[:, None] & (r[None, :] < R), other=0.0)
+        acc += tl.sum(t.to(tl.float32)[:, None, :] * b.to(tl.float32)[None, :, :], axis=2)
+    return acc
+
+
+@triton.jit
+def quant_matmul_kernel(
+    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, t_ptr, b_ptr,
+    M, N, K, G, row1, row2, tiles_per_split, R,
+    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
+    GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+):
+    """Split-K low-bit matmul. Grid (N tiles, K splits, M tiles); each program sums its share of
+    K tiles of GT groups. PARTIAL: write fp32 partial sums (SPLIT, M, N) for ``reduce_kernel``;
+    else apply the epilogue and write y in out's dtype."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    n_tiles = tl.cdiv(G, GT)
+    t0 = pid_k * tiles_per_split
+    t1 = tl.minimum(t0 + tiles_per_split, n_tiles)
+    acc = tl.zeros((BM, BN), tl.float32)
+    for t in range(t0, t1):
+        g0 = t * GT
+        if USE_DOT:
+            acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                             0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
+            if W1 > 0:
+                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                                 row1, 1 << OFF1, W1, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+            if W2 > 0:
+                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                                 row2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+        else:
+            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                               0, 1, W0, GROUP, GT, BM, BN, HAS_CS, True)
+            if W1 > 0:
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                                   row1, 1 << OFF1, W1, GROUP, GT, BM, BN, HAS_CS, False)
+            if W2 > 0:
+                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
+                                   row2, 1 << OFF2, W2, GROUP, GT, BM, BN, HAS_CS, False)
+    omask = mask_m[:, None] & mask_n[None, :]
+    if PARTIAL:
+        tl.store(out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=omask)
+    else:
+        acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def reduce_kernel(part_ptr, out_ptr, bias_ptr, t_ptr, b_ptr, M, N, SPLIT, R,
+                  BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr):
+    """Second pass of split-K: sum the partials, add the epilogue, cast to the output dtype."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    offs_m = tl.program_id(1) * BM + tl.arange(0, BM)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    omask = mask_m[:, None] & mask_n[None, :]
+    off = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.zeros((BM, BN), tl.float32)
+    for s in range(SPLIT):
+        acc += tl.load(part_ptr + s * M * N + off, mask=omask, other=0.0)
+    acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """Codes (BK, BN) of one slice at input channels kk: word rows gathered, columns coalesced."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    pos = kk % GROUP
+    wrow = row0 + (kk // GROUP) * WG + pos % WG
+    m = mask_k[:, None] & mask_n[None, :]
+    words = tl.load(w_ptr + wrow[:, None] * N + offs_n[None, :], mask=m, other=0)
+    return (words >> ((pos // WG) * WBITS)[:, None]) & ((1 << WBITS) - 1)
+
+
+@triton.jit
+def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, row1, row2,
+                   W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
+                   GROUP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_CS: tl.constexpr):
+    """out (K, N) = (Ŵ / cs)ᵀ in out's dtype: for large M, where cuBLAS then does x @ out."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    kk = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask_n = offs_n < N
+    mask_k = kk < K
+    codes = _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, 0, W0, GROUP)
+    if W1 > 0:
+        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row1, W1, GROUP) << OFF1
+    if W2 > 0:
+        codes |= _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row2, W2, GROUP) << OFF2
+    m = mask_k[:, None] & mask_n[None, :]
+    sz_off = (kk // GROUP)[:, None] * N + offs_n[None, :]
+    scale = tl.load(s_ptr + sz_off, mask=m, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + sz_off, mask=m, other=0.0).to(tl.float32)
+    w = _code_float(codes, 0, 8) * scale + zero
+    if HAS_CS:
+        w = w * (1.0 / tl.load(cs_ptr + kk, mask=mask_k, other=1.0))[:, None]
+    tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _round_to(x, DTYPE: tl.constexpr):
+    """fp32 -> DTYPE -> fp32, rounding to nearest even. bf16 by hand: the interpreter truncates."""
+    if DTYPE == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + (((u >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True)
+    else:
+        return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row0, OFF: tl.constexpr, WBITS: tl.constexpr,
+                 GROUP: tl.constexpr, GT: tl.constexpr, BR: tl.constexpr):
+    WG: tl.constexpr = GROUP * WBITS // 32
+    CPW: tl.constexpr = 32 // WBITS
+    field = (codes >> OFF) & ((1 << WBITS) - 1)
+    field = tl.reshape(field, (BR, GT, CPW, WG))
+    shifts = (tl.arange(0, CPW) * WBITS)[None, None, :, None]
+    words = tl.reduce(field << shifts, 2, _or)  # (BR, GT, WG)
+    gi = g0 + tl.arange(0, GT)
+    j = tl.arange(0, WG)
+    ptr = out_ptr + (row0 + (gi * WG)[None, :, None] + j[None, None, :]) * N + offs_n[:, None, None]
+    tl.store(ptr, words, mask=mask_n[:, None, None] & (gi < G)[None, :, None])
+
+
+@triton.jit
+def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, row1, row2, nu_a, nu_b,
+                    BITS: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
+                    OFF1: tl.constexpr, OFF2: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
+                    BR: tl.constexpr, HAS_CS: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
+                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr):
+    """TTQ's online step in one pass over W: W·cs, group min/max, S and Z rounded to their storage
+    dtype, codes rounded half-to-even, packed into the planar layout. Same arithmetic, in the same
+    order, as ``vla_ttq.quant.groupwise.quantize_groupwise``."""
+    QMAX: tl.constexpr = (1 << BITS) - 1
+    offs_n = tl.program_id(0) * BR + tl.arange(0, BR)
+    g0 = tl.program_id(1) * GT
+    gi = g0 + tl.arange(0, GT)
+    e = tl.arange(0, GROUP)
+    mask_n = offs_n < N
+    kk = gi[:, None] * GROUP + e[None, :]  # (GT, GROUP)
+    m3 = mask_n[:, None, None] & (gi < G)[None, :, None]
+    w = tl.load(w_ptr + offs_n[:, None, None] * K + kk[None, :, :], mask=m3, other=0.0).to(tl.float32)
+    if HAS_CS:
+        w = w * tl.load(cs_ptr + kk, mask=(gi < G)[:, None], other=1.0)[None, :, :]
+    if SYMMETRIC:
+        wmax = tl.max(tl.abs(w), axis=2)
+        wmin = -wmax
+    else:
+        wmax = tl.max(w, axis=2)
+        wmin = tl.min(w, axis=2)
+    if HAS_NU:
+        wmax, wmin = nu_a * wmax + nu_b * wmin, nu_b * wmax + nu_a * wmin  # nu_a = (1+nu)/2, nu_b = (1-nu)/2
+    scale = (wmax - wmin) / QMAX
+    floor = tl.maximum(tl.maximum(tl.abs(wmax), tl.abs(wmin)) * 9.5367431640625e-07, 1.1754943508222875e-38)
+    scale = tl.where(scale > 0, scale, floor)
+    if PARAM_DTYPE != tl.float32:
+        scale = _round_to(scale, PARAM_DTYPE)
+        scale = tl.where(scale > 0, scale, PARAM_MIN)
+        wmin = _round_to(wmin, PARAM_DTYPE)
+    v = (w - wmin[:, :, None]) / scale[:, :, None]
+    v = (v + 12582912.0) - 12582912.0  # round half to even, like torch.round
+    codes = tl.minimum(tl.maximum(v, 0.0), QMAX).to(tl.int32)
+    codes = tl.reshape(codes, (BR, GT * GROUP))
+    _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, 0, 0, W0, GROUP, GT, BR)
+    if W1 > 0:
+        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row1, OFF1, W1, GROUP, GT, BR)
+    if W2 > 0:
+        _store_slice(codes, out_ptr, offs_n, mask_n, g0, G, N, row2, OFF2, W2, GROUP, GT, BR)
+    sz_mask = mask_n[:, None] & (gi < G)[None, :]
+    sz_off = gi[None, :] * N + offs_n[:, None]  # S, Z stored transposed (K/g, N)
+    tl.store(s_ptr + sz_off, scale.to(s_ptr.dtype.element_ty), mask=sz_mask)
+    tl.store(z_ptr + sz_off, wmin.to(z_ptr.dtype.element_ty), mask=sz_mask)
