@@ -22,7 +22,7 @@ from vla_ttq.config import config_hash, to_dict
 
 from .config import TINY, EvalConfig
 from .plan import EpisodeItem, suite_tasks
-from .results import ResultsStore
+from .results import ResultsStore, file_lock
 
 log = logging.getLogger(__name__)
 CALIB_SEED_OFFSET = 500_000
@@ -75,15 +75,25 @@ def check_dataset(path: str | None) -> None:
 def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None, progress: bool = True,
                       n_envs: int | None = None) -> tuple[dict, Path]:
     """Statistics for AWQ calibrated on ``suite``: loaded from the cache, or collected and saved."""
-    from vla_ttq.quant.stats import load_stats, save_stats
-
-    from .rollout import run_items
+    from vla_ttq.quant.stats import load_stats
 
     check_dataset(cfg.calib.dataset)
     path = calib_path(cfg, suite)
-    if path.exists():
-        log.info("AWQ statistics for suite %s from cache %s", suite, path)
-        return load_stats(path), path
+    # Runs calibrating the same suite at once (Ray workers, two CLI runs) would collect the same
+    # statistics twice and race on the cache file: the first collects, the others wait and load.
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            log.info("AWQ statistics for suite %s from cache %s", suite, path)
+            return load_stats(path), path
+        return _collect(policy, cfg, suite, path, env_pool=env_pool, progress=progress, n_envs=n_envs), path
+
+
+def _collect(policy: Any, cfg: EvalConfig, suite: str, path: Path, *, env_pool, progress: bool,
+             n_envs: int | None) -> dict:
+    from vla_ttq.quant.stats import save_stats
+
+    from .rollout import run_items
+
     items = calib_items(cfg, suite)
     episodes = ResultsStore(path.with_name(path.stem + ".episodes.jsonl"))
     episodes.path.unlink(missing_ok=True)  # a killed calibration restarts: its statistics were never saved
@@ -98,7 +108,7 @@ def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None
             "episodes": str(len(items)), "eval_config_calib": json.dumps(to_dict(cfg.calib))}
     save_stats(stats, path, metadata=meta)
     log.info("AWQ statistics for suite %s saved to %s", suite, path)
-    return stats, path
+    return stats
 
 
 __all__ = ["calibration_stats", "calib_items", "calib_path", "check_dataset"]
