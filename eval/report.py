@@ -25,13 +25,15 @@ def row_key(r: dict) -> tuple:
     quantized = r.get("method") != "fp"
     return (str(r.get("policy", "")), str(r.get("method")), r.get("bits") if quantized else None,
             r.get("group") if quantized else None, (r.get("rank") or 0) if r.get("method") == "ttq" else None,
-            r.get("calib_suite") if r.get("method") == "awq" else None)
+            r.get("calib_suite") if r.get("method") == "awq" else None, r.get("dtype"))
 
 
 def row_label(key: tuple, show_bits: bool, show_policy: bool) -> str:
-    policy, method, bits, group, rank, calib = key
+    policy, method, bits, group, rank, calib, dtype = key
     if method == "fp":
         label = "FP (full precision)"
+        if dtype:
+            label = {"bfloat16": "BF16", "float32": "FP32"}.get(dtype, dtype)
     elif method == "awq":
         label = f"AWQ ({SUITE_TITLES.get(calib, calib).removeprefix('Libero ')} Calib)"
     elif method == "ttq":
@@ -109,11 +111,11 @@ def to_markdown(rows: list[dict], suites: list[str]) -> str:
 def write_csv(rows: list[dict], suites: list[str], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "policy", "quant_method", "bits", "group", "rank", "calib_suite"]
+        w.writerow(["method", "policy", "quant_method", "bits", "group", "rank", "calib_suite", "dtype"]
                    + [f"{s}_success_rate" for s in suites] + [f"{s}_episodes" for s in suites] + ["avg"])
         for r in rows:
-            policy, method, bits, group, rank, calib = r["key"]
-            w.writerow([r["label"], policy, method, bits, group, rank, calib]
+            policy, method, bits, group, rank, calib, dtype = r["key"]
+            w.writerow([r["label"], policy, method, bits, group, rank, calib, dtype or ""]
                        + [f"{r['rates'][s]:.4f}" if s in r["rates"] else "" for s in suites]
                        + [r["cells"][s][1] if s in r["cells"] else 0 for s in suites]
                        + ["" if r["avg"] is None else f"{r['avg']:.4f}"])

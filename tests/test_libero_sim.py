@@ -37,19 +37,23 @@ def pool():
     return p
 
 
-def base_args(out, cache) -> list[str]:
-    return ["--policy", "tiny", "--suite", "10", "--tasks", "0", "--max-steps", str(STEPS), "--camera-res", str(RES),
+def base_args(out, cache, soft: bool = True) -> list[str]:
+    return ["--soft-reset"] * soft + ["--policy", "tiny", "--suite", "10", "--tasks", "0", "--max-steps", str(STEPS), "--camera-res", str(RES),
             "--out", str(out), "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
 
 
 def test_cli_runs_a_real_episode_end_to_end(pool, cache, tmp_path, capsys):
-    assert cli.main(base_args(tmp_path, cache) + ["--episodes", "1", "--bits", "2", "--group", "64"]) == 0
+    # the protocol's hard reset here; the other tests reset softly (faster)
+    argv = base_args(tmp_path, cache, soft=False) + ["--episodes", "1", "--bits", "2", "--group", "64", "--video"]
+    assert cli.main(argv) == 0
     (r,) = ResultsStore(tmp_path / "episodes.jsonl").records()
     assert (r["suite"], r["task_id"], r["episode"], r["method"], r["bits"], r["group"]) == ("10", 0, 0, "ttq", 2, 64)
     assert r["task"].startswith("LIVING_ROOM_SCENE2_put_both") and r["steps"] <= STEPS and r["wall_s"] > 0
     assert isinstance(r["success"], bool) and r["seed"] == 1000 and r["max_steps"] == STEPS
     out = capsys.readouterr().out
     assert "LIBERO 10" in out and re.search(r"all .* 1 .* (0\.0|100\.0)%", out)
+    video = tmp_path / "videos" / r["config_hash"] / "10" / "task00_ep00.mp4"
+    assert r["video"] == str(video) and video.stat().st_size > 1000
     summaries = list((tmp_path / "summaries").glob("10-*.json"))
     assert len(summaries) == 1 and r["config_hash"] in summaries[0].name
     assert len(pool) == 1  # the shared simulator was reused, none created
@@ -63,12 +67,12 @@ class DyingStore(ResultsStore):
     """Dies right after the first episode was written, like a run killed between episodes."""
 
     def append(self, record):
-        wrote = super().append(record)
+        assert super().append(record)
         raise Interrupted
 
 
 def test_killed_run_resumes_without_repeating_or_losing_episodes(pool, cache, tmp_path):
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES,
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      out=str(tmp_path), cache_dir=str(cache))
     policy = build_policy(cfg)
     path = tmp_path / "episodes.jsonl"
@@ -102,19 +106,31 @@ class BatchSpy:
         self.policy.reset(env_index)
 
 
-def test_vectorised_envs_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES,
+def test_vectorised_envs_in_processes_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
+    from eval.libero.env import EnvPool
+
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=2, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      cache_dir=str(cache), quant=QuantConfig(method="fp"))
     items = plan_items(cfg)
     spy = BatchSpy(build_policy(cfg))
-    # one env: every call is a batch of 1; record the actions each episode received
+    # one in-process env: every call is a batch of 1; record the actions each episode received
     single = run_items(spy, items, ResultsStore(tmp_path / "one.jsonl"), n_envs=1, progress=False)
     calls = -(-STEPS // spy.config.n_action_steps)  # replanning points per episode
     assert spy.batches == [1] * 2 * calls
     per_episode = [[a[0] for a in spy.actions[e * calls:(e + 1) * calls]] for e in range(2)]
     spy.batches.clear(), spy.actions.clear()
-    double = run_items(spy, items, ResultsStore(tmp_path / "two.jsonl"), n_envs=2, progress=False, env_pool=pool)
-    assert spy.batches == [2] * calls and len(pool) == 2
+    procs = EnvPool(processes=True)  # two simulators, each in its own process, stepped together
+    try:
+        double = run_items(spy, items, ResultsStore(tmp_path / "two.jsonl"), n_envs=2, progress=False,
+                           env_pool=procs)
+        envs = procs.acquire_many("10", 0, RES, 2)  # pooled processes are reused and still answer
+        assert len(procs) == 2 and envs[1].reset(0, 1, 0)["prompt"] == double[0]["prompt"]
+        for env in envs:
+            procs.release(env)
+    finally:
+        procs.close()
+    assert not any(env.proc.is_alive() for env in envs)
+    assert spy.batches == [2] * calls and len(pool) == 1
     # slot i of every batch is episode i, and it gets the same actions as when run alone:
     # same init state, same seeded noise, deterministic simulator
     for e in range(2):
@@ -126,7 +142,7 @@ def test_vectorised_envs_batch_policy_calls_and_match_single_env(pool, cache, tm
 
 
 def test_awq_calibrates_from_rollouts_once_and_reuses_the_statistics(pool, cache, monkeypatch):
-    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=1, max_steps=STEPS, camera_res=RES,
+    cfg = EvalConfig(policy="tiny", suite="10", tasks=(0,), episodes=1, max_steps=STEPS, camera_res=RES, hard_reset=False,
                      cache_dir=str(cache), quant=QuantConfig(method="awq", bits=2, group=64),
                      calib=CalibConfig(suite="10", episodes=1, tasks=(0,), max_steps=3))
     path = calib_path(cfg, "10")
@@ -167,3 +183,35 @@ def served_steps(record) -> int:
     from vla_ttq.models.tiny import tiny_config
 
     return tiny_config().n_action_steps
+
+
+
+def test_sigkilled_cli_run_resumes_exactly(pool, cache, tmp_path):
+    """A real `python -m eval.libero` process SIGKILLed during its second episode."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = base_args(tmp_path, cache) + ["--episodes", "2", "--max-steps", "30", "--method", "fp"]
+    path = tmp_path / "episodes.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "eval.libero", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (path.exists() and path.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "first episode did not finish in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    first = path.read_bytes()
+    assert first.count(b"\n") == 1, "the kill should land in the second episode"
+    assert cli.main(argv) == 0  # resumed in this process (shared simulator)
+    data = path.read_bytes()
+    recs = ResultsStore(path).records()
+    assert data.startswith(first) and [r["episode"] for r in recs] == [0, 1]

@@ -124,6 +124,7 @@ def test_eval_config_yaml_roundtrip(tmp_path):
     (["--method", "rtn", "--rank", "16", "--policy", "tiny"], "rank > 0"),
     (["--policy", "/no/such/checkpoint"], "checkpoint directory not found: /no/such/checkpoint"),
     (["--policy", "tiny", "--method", "awq", "--calib-dataset", "/no/libero"], "calibration data set not found"),
+    (["--policy", "tiny", "--calib-suite", "spatial"], "--calib-suite applies to --method awq only (method is 'ttq')"),
 ])
 def test_bad_flags_give_clear_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
@@ -133,11 +134,11 @@ def test_bad_flags_give_clear_errors(argv, needle, capsys):
 
 
 def test_flags_override_yaml_and_preset(tmp_path):
-    save_yaml(EvalConfig(policy="tiny", suite="goal", episodes=5, quant=QuantConfig(method="rtn", bits=4)),
+    save_yaml(EvalConfig(policy="tiny", suite="goal", episodes=5, quant=QuantConfig(method="awq", bits=4)),
               tmp_path / "c.yaml")
     cfg = cli.config_from_args(cli.build_parser().parse_args(
         ["--config", str(tmp_path / "c.yaml"), "--bits", "3", "--preset", "smoke", "--calib-suite", "spatial"]))
-    assert (cfg.suite, cfg.quant.method, cfg.quant.bits, cfg.calib.suite) == ("goal", "rtn", 3, "spatial")
+    assert (cfg.suite, cfg.quant.method, cfg.quant.bits, cfg.calib.suite) == ("goal", "awq", 3, "spatial")
     assert cfg.tasks == (0,) and cfg.max_steps == 30  # preset fills what neither YAML nor flags changed...
     assert cfg.episodes == 1  # ...its values win over the YAML's
 
@@ -155,7 +156,7 @@ def test_axis_angle_matches_robosuite():
 # --- report -------------------------------------------------------------------------------------
 def _table13_records():
     rng = np.random.default_rng(0)
-    rows = [dict(method="fp", bits=None, group=None, rank=None, calib_suite=None, p=0.95),
+    rows = [dict(method="fp", bits=None, group=None, rank=None, calib_suite=None, dtype="bfloat16", p=0.95),
             dict(method="rtn", bits=2, group=64, rank=None, calib_suite=None, p=0.3),
             dict(method="awq", bits=2, group=64, rank=None, calib_suite="spatial", p=0.8),
             dict(method="awq", bits=2, group=64, rank=None, calib_suite="goal", p=0.85),
@@ -179,7 +180,7 @@ def test_report_writes_table13_markdown_csv_and_png(tmp_path):
         store.append(r)
     assert report.main([str(tmp_path / "run"), "--out", str(tmp_path / "t13")]) == 0
     md = (tmp_path / "t13.md").read_text()
-    labels = ["FP (full precision)", "RTN", "AWQ (Spatial Calib)", "AWQ (Goal Calib)", "TTQ (r = 0)", "TTQ (r = 16)"]
+    labels = ["BF16", "RTN", "AWQ (Spatial Calib)", "AWQ (Goal Calib)", "TTQ (r = 0)", "TTQ (r = 16)"]
     lines = md.splitlines()
     assert lines[0] == "| Method | Libero Spatial | Libero Object | Libero Goal | Libero 10 | Avg |"
     assert [ln.split("|")[1].strip() for ln in lines[2:8]] == labels
@@ -216,3 +217,20 @@ def test_load_records_deduplicates_across_files(tmp_path):
         s.append(rec(0, 1 if name == "a" else 2))
     assert sorted(r["episode"] for r in load_records([tmp_path])) == [0, 1, 2]
     assert json.loads((tmp_path / "a" / "episodes.jsonl").read_text().splitlines()[0])["episode"] == 0
+
+
+def test_summary_per_suite_and_task(capsys):
+    from eval.libero.summary import print_summary, summarize
+
+    labels = dict(method="ttq", bits=2, group=64, rank=0, policy="p")
+    recs = [{**rec(0, 0, success=True, **labels), "task": "t0"}, {**rec(0, 1, success=False, **labels), "task": "t0"},
+            {**rec(3, 0, success=True, **labels), "task": "t3"},
+            {**rec(0, 0, suite="goal", success=False, **labels), "task": "g0"}]
+    by_suite = {e["suite"]: e for e in summarize(recs)}
+    ten = by_suite["10"]
+    assert (ten["episodes"], ten["successes"]) == (3, 2) and ten["success_rate"] == pytest.approx(2 / 3)
+    assert [(t["task_id"], t["episodes"], t["success_rate"]) for t in ten["tasks"]] == [(0, 2, 0.5), (3, 1, 1.0)]
+    assert by_suite["goal"]["success_rate"] == 0.0
+    print_summary([ten])
+    out = capsys.readouterr().out
+    assert "TTQ w2 g64 r=0" in out and "[h1]" in out and "66.7%" in out and "50.0%" in out

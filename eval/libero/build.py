@@ -18,11 +18,17 @@ from .config import TINY, EvalConfig
 
 
 def tiny_checkpoint(cache_dir: str | Path, seed: int = 0) -> Path:
-    """The tiny random checkpoint of ``seed``, made once (atomically) under ``cache_dir``."""
-    out = Path(cache_dir) / "tiny" / f"seed{seed}"
+    """The tiny random checkpoint of ``seed``, made once (atomically) under ``cache_dir``.
+
+    The folder name carries a hash of the tiny architecture, so a changed ``tiny_config`` never
+    loads a stale cached checkpoint."""
+    from vla_ttq.config import config_hash
+    from vla_ttq.models.tiny import make_tiny_checkpoint, tiny_config
+
+    layout = config_hash(tiny_config().to_lerobot_json(explicit_dims=True))
+    out = Path(cache_dir) / "tiny" / f"seed{seed}-{layout}"
     if (out / "config.json").is_file():
         return out
-    from vla_ttq.models.tiny import make_tiny_checkpoint
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=out.parent))
@@ -39,13 +45,13 @@ def tiny_checkpoint(cache_dir: str | Path, seed: int = 0) -> Path:
 
 
 def checkpoint_path(cfg: EvalConfig) -> str:
-    return str(tiny_checkpoint(cfg.cache_dir, cfg.tiny_seed)) if cfg.policy == TINY else cfg.policy
+    return str(tiny_checkpoint(cfg.cache_root, cfg.tiny_seed)) if cfg.policy == TINY else cfg.policy
 
 
 def load_fp_policy(cfg: EvalConfig) -> Any:
     from vla_ttq.models import load_policy
 
-    return load_policy(checkpoint_path(cfg), device=cfg.device, dtype=cfg.dtype, n_action_steps=cfg.n_action_steps,
+    return load_policy(checkpoint_path(cfg), device=cfg.torch_device(), dtype=cfg.dtype, n_action_steps=cfg.n_action_steps,
                        seed=cfg.seed)
 
 

@@ -22,7 +22,7 @@ from vla_ttq.config import config_hash, to_dict
 
 from .config import TINY, EvalConfig
 from .plan import EpisodeItem, suite_tasks
-from .results import ResultsStore
+from .results import ResultsStore, file_lock
 
 log = logging.getLogger(__name__)
 CALIB_SEED_OFFSET = 500_000
@@ -34,13 +34,13 @@ def calib_key_blob(cfg: EvalConfig, suite: str) -> dict[str, Any]:
     return {"version": PROTOCOL_VERSION, "policy": cfg.policy if cfg.policy != TINY else f"tiny:{cfg.tiny_seed}",
             "suite": suite, "episodes": c.episodes, "tasks": c.tasks, "max_steps": c.max_steps or cfg.max_steps_for(suite),
             "p": c.p, "reservoir": c.reservoir, "seed": cfg.seed, "camera_res": cfg.camera_res,
-            "num_steps_wait": cfg.num_steps_wait, "n_action_steps": cfg.n_action_steps, "dtype": cfg.dtype,
+            "num_steps_wait": cfg.num_steps_wait, "hard_reset": cfg.hard_reset, "n_action_steps": cfg.n_action_steps, "dtype": cfg.dtype,
             "quantize_expert": cfg.quantize_expert}
 
 
 def calib_path(cfg: EvalConfig, suite: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", calib_key_blob(cfg, suite)["policy"]).strip("_")
-    return Path(cfg.cache_dir) / "awq_stats" / slug / f"{suite}-{config_hash(calib_key_blob(cfg, suite))}.safetensors"
+    return cfg.cache_root / "awq_stats" / slug / f"{suite}-{config_hash(calib_key_blob(cfg, suite))}.safetensors"
 
 
 def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:
@@ -53,7 +53,7 @@ def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:
     max_steps = cfg.calib.max_steps or cfg.max_steps_for(suite)
     return [EpisodeItem(suite=suite, task_id=t, episode=49 - e, seed=cfg.seed + CALIB_SEED_OFFSET + 1000 * t + e,
                         config_hash=key, task_name=tasks[t][0], prompt=tasks[t][1], max_steps=max_steps,
-                        num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, method="fp", bits=None,
+                        num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, hard_reset=cfg.hard_reset, method="fp", bits=None,
                         group=None, rank=None, calib_suite=None, policy=cfg.policy)
             for t in ids for e in range(cfg.calib.episodes)]
 
@@ -75,15 +75,25 @@ def check_dataset(path: str | None) -> None:
 def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None, progress: bool = True,
                       n_envs: int | None = None) -> tuple[dict, Path]:
     """Statistics for AWQ calibrated on ``suite``: loaded from the cache, or collected and saved."""
-    from vla_ttq.quant.stats import load_stats, save_stats
-
-    from .rollout import run_items
+    from vla_ttq.quant.stats import load_stats
 
     check_dataset(cfg.calib.dataset)
     path = calib_path(cfg, suite)
-    if path.exists():
-        log.info("AWQ statistics for suite %s from cache %s", suite, path)
-        return load_stats(path), path
+    # Runs calibrating the same suite at once (Ray workers, two CLI runs) would collect the same
+    # statistics twice and race on the cache file: the first collects, the others wait and load.
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            log.info("AWQ statistics for suite %s from cache %s", suite, path)
+            return load_stats(path), path
+        return _collect(policy, cfg, suite, path, env_pool=env_pool, progress=progress, n_envs=n_envs), path
+
+
+def _collect(policy: Any, cfg: EvalConfig, suite: str, path: Path, *, env_pool, progress: bool,
+             n_envs: int | None) -> dict:
+    from vla_ttq.quant.stats import save_stats
+
+    from .rollout import run_items
+
     items = calib_items(cfg, suite)
     episodes = ResultsStore(path.with_name(path.stem + ".episodes.jsonl"))
     episodes.path.unlink(missing_ok=True)  # a killed calibration restarts: its statistics were never saved
@@ -98,7 +108,7 @@ def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None
             "episodes": str(len(items)), "eval_config_calib": json.dumps(to_dict(cfg.calib))}
     save_stats(stats, path, metadata=meta)
     log.info("AWQ statistics for suite %s saved to %s", suite, path)
-    return stats, path
+    return stats
 
 
 __all__ = ["calibration_stats", "calib_items", "calib_path", "check_dataset"]

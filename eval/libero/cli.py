@@ -15,7 +15,7 @@ from pathlib import Path
 from vla_ttq.config import METHODS, QuantConfig, from_dict, load_yaml, save_yaml, to_dict
 
 from . import protocol
-from .config import DEFAULT_POLICY, CalibConfig, EvalConfig, default_cache_dir
+from .config import DEFAULT_POLICY, EvalConfig, default_cache_dir
 
 SUITE_CHOICES = (*protocol.SUITE_ORDER, "all")
 PRESETS = {
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--policy", default=None,
                    help=f"hub id, local checkpoint dir, or 'tiny' (random tiny pi0.5) (default {DEFAULT_POLICY})")
     m.add_argument("--server", default=None, help="ws://host:port of a running `python -m vla_ttq.serve`")
-    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    m.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default auto: cuda if available)")
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: the checkpoint's")
     m.add_argument("--n-action-steps", type=_int_in(1), default=None,
                    help="actions executed per chunk before replanning (default: the checkpoint's)")
@@ -92,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("protocol overrides (change results; part of the config hash)")
     e.add_argument("--max-steps", type=_int_in(1), default=None, help="default per suite: 280/280/300/520")
     e.add_argument("--camera-res", type=_int_in(16), default=None, help=f"default {protocol.CAMERA_RES}")
+    e.add_argument("--soft-reset", dest="hard_reset", action="store_false", default=None,
+                   help="reset the compiled sim instead of rebuilding it (faster; lerobot's default is hard)")
     e.add_argument("--num-steps-wait", type=_int_in(0), default=None, help=f"default {protocol.NUM_STEPS_WAIT}")
     x = p.add_argument_group("execution")
     x.add_argument("--n-envs", type=_int_in(1), default=None, help="simulators stepped together, batched policy calls")
+    x.add_argument("--env-processes", action="store_true", default=None,
+                   help="run each simulator in its own process (parallel stepping; use with --n-envs)")
     x.add_argument("--out", default=None, help="results directory (default results/libero)")
     x.add_argument("--video", action="store_true", default=None, help="write an MP4 per episode under OUT/videos")
     x.add_argument("--cache-dir", default=None, help=f"tiny checkpoint and AWQ statistics (default {default_cache_dir()})")
@@ -127,22 +131,26 @@ def flag_overrides(args: argparse.Namespace) -> dict:
              if f"calib_{k}" in flat}
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "n_envs", "out", "video", "cache_dir") if k in flat}
+                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "out", "video",
+                                "cache_dir") if k in flat}
     return {**top, **({"quant": quant} if quant else {}), **({"calib": calib} if calib else {})}
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """Defaults <- --config YAML <- --preset <- explicit flags."""
-    base = to_dict(load_yaml(EvalConfig, args.config)) if args.config else to_dict(EvalConfig(device="cpu"))
-    if not args.config:
-        base["device"] = None
+    """Defaults <- --config YAML <- --preset <- explicit flags. Device "auto" is resolved here."""
+    base = to_dict(load_yaml(EvalConfig, args.config) if args.config else EvalConfig())
     over = flag_overrides(args)
     quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else dict(base["quant"])
     quant.update(over.pop("quant", {}))
     calib = {**base["calib"], **over.pop("calib", {})}
     merged = {**base, **over, "quant": quant, "calib": calib}
-    if merged.get("device") is None:
+    if merged.get("device") in (None, "auto"):
         merged["device"] = _auto_device()
+    given = [f"--calib-{k.replace('_', '-')}" for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
+             if getattr(args, f"calib_{k}") is not None]
+    if given and quant.get("method") != "awq" and not merged.get("server"):
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --method awq only "
+                         f"(method is {quant.get('method')!r})")
     return from_dict(EvalConfig, merged)
 
 
@@ -162,13 +170,26 @@ def run(cfg: EvalConfig, *, progress: bool = True, env_pool=None, console=None, 
     """Evaluate ``cfg``: plan, skip what is done, build the policy lazily, run, summarise."""
     from rich.console import Console
 
+    console = console or Console(stderr=False)
+    own_pool = None
+    if env_pool is None and cfg.env_processes:
+        from .env import EnvPool
+
+        env_pool = own_pool = EnvPool(processes=True)
+    try:
+        return _run(cfg, progress=progress, env_pool=env_pool, console=console, explicit_quant=explicit_quant)
+    finally:
+        if own_pool is not None:
+            own_pool.close()
+
+
+def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: bool) -> list[dict]:
     from .build import build_policy
     from .plan import plan_items
     from .results import ResultsStore, episode_key
     from .rollout import run_items
     from .summary import print_summary, save_summary, summarize
 
-    console = console or Console(stderr=False)
     out = Path(cfg.out)
     store = ResultsStore(out / "episodes.jsonl")
     remote = None
@@ -177,12 +198,10 @@ def run(cfg: EvalConfig, *, progress: bool = True, env_pool=None, console=None, 
         cfg = _adopt_server(cfg, remote, explicit_quant)
     items = plan_items(cfg)
     done = store.done_keys()
-    hashes = set()
     policy = remote
     for suite in cfg.suites():
         suite_items = [it for it in items if it.suite == suite]
         h = cfg.result_hash(suite)
-        hashes.add(h)
         save_yaml(cfg, out / "configs" / f"{suite}-{h}.yaml")
         todo = [it for it in suite_items if episode_key(it) not in done]
         console.print(f"[bold]LIBERO {suite}[/bold]: {len(suite_items)} episodes planned, "
@@ -196,7 +215,8 @@ def run(cfg: EvalConfig, *, progress: bool = True, env_pool=None, console=None, 
                   progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
     if remote is not None:
         remote.close()
-    summary = summarize(r for r in store.records() if r["config_hash"] in hashes)
+    planned = {episode_key(it) for it in items}  # this run's episodes, whenever they were run
+    summary = summarize(r for r in store.records() if episode_key(r) in planned)
     print_summary(summary, console)
     for e in summary:
         save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")

@@ -64,18 +64,20 @@ class EvalConfig:
     max_steps: int | None = None  # None: per-suite maximum (280/280/300/520)
     num_steps_wait: int = protocol.NUM_STEPS_WAIT
     camera_res: int = protocol.CAMERA_RES
+    hard_reset: bool = True  # lerobot's default: rebuild the model on every reset (~3 s); False: soft reset
     n_action_steps: int | None = None  # actions executed per chunk before replanning; None: checkpoint's
     # model
     dtype: str | None = None  # float32 | bfloat16; None: the checkpoint's
     quantize_expert: bool = False  # Table 13 quantizes the VLM backbone only
     tiny_seed: int = 0  # weights of the "tiny" test checkpoint
     # execution (not part of the result hash)
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda when available, else cpu
     n_envs: int = 1
+    env_processes: bool = False  # each simulator in its own process (parallel rendering on many cores)
     server: str | None = None  # ws://host:port: episodes through a remote policy server
     out: str = "results/libero"
     video: bool = False
-    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_dir: str | None = None  # tiny checkpoint + AWQ statistics; None: $VLA_TTQ_CACHE or ~/.cache/vla_ttq
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,8 +134,20 @@ class EvalConfig:
                       if self.method == "awq" else None),
             "seed": self.seed, "max_steps": self.max_steps_for(suite), "num_steps_wait": self.num_steps_wait,
             "camera_res": self.camera_res, "n_action_steps": self.n_action_steps, "dtype": self.dtype,
+            **({} if self.hard_reset else {"hard_reset": False}),  # (absent when default: hashes stay stable)
         }
         return config_hash(blob)
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def with_(self, **changes) -> "EvalConfig":
         return replace(self, **changes)

@@ -19,7 +19,6 @@ reached the file, so every episode ends up there exactly once; a killed driver r
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -28,7 +27,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .config import EvalConfig
 from .plan import EpisodeItem, plan_items
@@ -111,19 +110,6 @@ class WorkQueue:
 
 # --- the worker ---------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock between processes of one machine (and of a shared file system that locks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 class EpisodeWorker:
     """Runs chunks with the single-process runner; keeps one policy and the current task's simulators.
 
@@ -160,14 +146,6 @@ class EpisodeWorker:
     def _build(self, cfg: EvalConfig, suite: str) -> Any:
         from .build import build_policy
 
-        if cfg.quant.method == "awq" and not cfg.server:
-            # Workers of one machine calibrating the same suite at once would collect the same
-            # statistics twice and race on the cache file: the first collects, the others load.
-            from .calib import calib_path
-
-            lock = calib_path(cfg, cfg.calib_suite_for(suite)).with_suffix(".lock")
-            with file_lock(lock):
-                return build_policy(cfg, suite=suite, env_pool=self.pool, progress=False)
         return build_policy(cfg, suite=suite, env_pool=self.pool, progress=False)
 
     def run(self, cfg: EvalConfig, chunk: Chunk) -> list[dict]:
@@ -176,7 +154,12 @@ class EpisodeWorker:
 
         cfg = cfg.with_(device=self.device)
         policy = self._policy_for(cfg, chunk)
-        if self.task != chunk.task[1:] or len(self.pool) > cfg.n_envs:
+        if self.pool.processes != cfg.env_processes:
+            from .env import EnvPool
+
+            self.pool.close()
+            self.pool = EnvPool(processes=cfg.env_processes)
+        elif self.task != chunk.task[1:] or len(self.pool) > cfg.n_envs:
             self.pool.close()  # keep only the current task's simulators (~1 GB each), not calibration's
         self.task = chunk.task[1:]
         video_dir = Path(cfg.out) / "videos" if cfg.video else None  # on the worker's machine
@@ -406,4 +389,4 @@ class Dispatcher:
 
 
 __all__ = ["Chunk", "WorkQueue", "make_chunks", "plan_chunks", "EpisodeWorker", "run_distributed", "init_ray",
-           "DistReport", "Dispatcher", "WorkersLost", "file_lock"]
+           "DistReport", "Dispatcher", "WorkersLost"]

@@ -26,6 +26,7 @@ class EpisodeItem:
     max_steps: int = 520
     num_steps_wait: int = protocol.NUM_STEPS_WAIT
     camera_res: int = protocol.CAMERA_RES
+    hard_reset: bool = True
     # labels copied into the record (for summaries and the report)
     method: str = "ttq"
     bits: int | None = 2
@@ -33,6 +34,8 @@ class EpisodeItem:
     rank: int | None = 0
     calib_suite: str | None = None
     policy: str = ""
+    dtype: str | None = None  # None: the checkpoint's
+    n_action_steps: int | None = None  # None: the checkpoint's
 
     def labels(self) -> dict:
         return asdict(self)
@@ -67,10 +70,11 @@ def plan_items(cfg: EvalConfig) -> list[EpisodeItem]:
                 items.append(EpisodeItem(
                     suite=suite, task_id=t, episode=e, seed=episode_seed(cfg.seed, t, e), config_hash=h,
                     task_name=tasks[t][0], prompt=tasks[t][1], max_steps=cfg.max_steps_for(suite),
-                    num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, method=q.method,
+                    num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, hard_reset=cfg.hard_reset,
+                    method=q.method,
                     bits=q.bits if quantized else None, group=q.group if quantized else None,
                     rank=q.rank if quantized else None, calib_suite=cfg.calib_suite_for(suite),
-                    policy=cfg.policy))
+                    policy=cfg.policy, dtype=cfg.dtype, n_action_steps=cfg.n_action_steps))
     return items
 
 

@@ -17,6 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive lock between processes of one machine (and of a shared file system that locks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 KEY_FIELDS = ("config_hash", "suite", "task_id", "episode")
 REQUIRED_FIELDS = KEY_FIELDS + ("success", "steps")
 
@@ -61,16 +75,8 @@ class ResultsStore:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self):
+        return file_lock(self.lock_path)
 
     def _read(self) -> tuple[list[dict], int, int]:
         try:

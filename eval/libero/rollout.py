@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import protocol
-from .env import EnvPool, LiberoTaskEnv, default_pool
+from .env import EnvPool, default_pool
 from .plan import EpisodeItem
 from .results import ResultsStore, episode_key
 from .video import VideoRecorder, video_path
@@ -86,14 +86,16 @@ def _record(item: EpisodeItem, success: bool, steps: int, wall: float) -> dict:
     return rec
 
 
-def _run_wave(caller: _PolicyCaller, envs: list[LiberoTaskEnv], wave: list[EpisodeItem], store: ResultsStore,
+def _run_wave(caller: _PolicyCaller, envs: list, wave: list[EpisodeItem], store: ResultsStore,
               video_dir: str | Path | None, on_done) -> list[dict]:
     import torch
 
     n = len(wave)
     caller.reset(n)
     start = time.perf_counter()
-    obs = [env.reset(it.episode, it.seed, it.num_steps_wait) for env, it in zip(envs, wave)]
+    for env, it in zip(envs, wave):
+        env.reset_async(it.episode, it.seed, it.num_steps_wait, it.hard_reset)
+    obs = [env.wait() for env in envs]
     gens = [torch.Generator().manual_seed(it.seed) for it in wave]
     queues: list[deque] = [deque() for _ in range(n)]
     steps, live = [0] * n, list(range(n))
@@ -103,24 +105,31 @@ def _run_wave(caller: _PolicyCaller, envs: list[LiberoTaskEnv], wave: list[Episo
         if v:
             v.add(envs[i].frame(obs[i]))
     written = []
-    while live:
-        need = [i for i in live if not queues[i]]
-        if need:
-            for i, chunk in caller(obs, need, gens).items():
-                queues[i].extend(chunk)
-        for i in list(live):
-            obs[i], success, done = envs[i].step(queues[i].popleft())
-            steps[i] += 1
-            if videos[i]:
-                videos[i].add(envs[i].frame(obs[i]))
-            if success or done or steps[i] >= wave[i].max_steps:
-                live.remove(i)
-                rec = _record(wave[i], success, steps[i], time.perf_counter() - start)
+    try:
+        while live:
+            need = [i for i in live if not queues[i]]
+            if need:
+                for i, chunk in caller(obs, need, gens).items():
+                    queues[i].extend(chunk)
+            for i in live:
+                envs[i].step_async(queues[i].popleft())
+            for i in list(live):
+                obs[i], success, done = envs[i].wait()
+                steps[i] += 1
                 if videos[i]:
-                    rec["video"] = str(videos[i].close())
-                if store.append(rec):
-                    written.append(rec)
-                on_done(rec)
+                    videos[i].add(envs[i].frame(obs[i]))
+                if success or done or steps[i] >= wave[i].max_steps:
+                    live.remove(i)
+                    rec = _record(wave[i], success, steps[i], time.perf_counter() - start)
+                    if videos[i]:
+                        rec["video"] = str(videos[i].close())
+                    if store.append(rec):
+                        written.append(rec)
+                    on_done(rec)
+    finally:  # an interrupted wave leaves no half-written video behind
+        for v in videos:
+            if v is not None and v.is_open:
+                v.discard()
     return written
 
 
@@ -141,7 +150,7 @@ def run_items(policy: Any, items: Sequence[EpisodeItem], store: ResultsStore, *,
     groups: dict[tuple, list[EpisodeItem]] = {}
     for it in todo:
         groups.setdefault((it.suite, it.task_id, it.camera_res), []).append(it)
-    pool = env_pool or default_pool()
+    pool = env_pool if env_pool is not None else default_pool()  # (an empty pool is falsy)
     caller = _PolicyCaller(policy)
     from tqdm.auto import tqdm
 
@@ -160,8 +169,7 @@ def run_items(policy: Any, items: Sequence[EpisodeItem], store: ResultsStore, *,
             k = min(n_envs, len(group))
             envs = []
             try:
-                for _ in range(k):
-                    envs.append(pool.acquire(suite, task_id, res))
+                envs = pool.acquire_many(suite, task_id, res, k)
                 for w in range(0, len(group), k):
                     wave = group[w: w + k]
                     written += _run_wave(caller, envs[: len(wave)], wave, store,

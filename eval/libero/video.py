@@ -26,6 +26,10 @@ class VideoRecorder:
                 raise RuntimeError(f"OpenCV cannot write video {self.path}")
         self._writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
 
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     def close(self) -> Path:
         if self._writer is not None:
             self._writer.release()
