@@ -219,3 +219,42 @@ def test_compiled_glue_equals_eager():
     torch.testing.assert_close(comp.attention(q, k, v, mask), eager.attention(q, k, v, mask))
     x, s1, sh = torch.randn(2, 5, 16, generator=g), torch.rand(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
     torch.testing.assert_close(comp.ada(x, 1e-6, s1, sh), eager.ada(x, 1e-6, s1, sh))
+
+
+def _contract_obs(seed: int) -> dict:
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    return {"observation/image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
+            "observation/wrist_image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
+            "observation/state": g.normal(0, 0.3, 8).astype(np.float32), "prompt": "pick up the milk"}
+
+
+def test_policy_fast_sampler_same_actions(tmp_path):
+    import numpy as np
+
+    from vla_ttq.models import load_policy
+
+    d = make_tiny_checkpoint(tmp_path / "ck", seed=3)
+    plain, fast = load_policy(d), load_policy(d, fast=True)
+    assert fast.metadata["fast_sampler"] and not plain.metadata["fast_sampler"]
+    obs = [_contract_obs(i) for i in range(2)]
+    noise = plain.sample_noise(2)
+    np.testing.assert_allclose(fast.predict_chunk(obs, noise=noise), plain.predict_chunk(obs, noise=noise),
+                               rtol=1e-5, atol=1e-5)
+    assert list(fast._samplers) == [(2, 2, plain.config.tokenizer_max_length)]
+    # AWQ statistics still see every layer (collected through the plain path), quantizing drops the samplers
+    stats = fast.collect_stats(obs)
+    assert len(stats) == 14 and fast._fast is not None
+    qc = QuantConfig(method="ttq", bits=4, group=32, recompute="episode")
+    for p in (plain, fast):
+        p.quantize(qc, quantize_expert=True)
+    assert not fast._samplers
+    for episode in range(2):  # each episode re-calibrates on its first call, in both
+        plain.reset(), fast.reset()
+        for step in range(2):
+            batch = [_contract_obs(10 * episode + step + i) for i in range(2)]
+            noise = plain.sample_noise(2)
+            np.testing.assert_allclose(fast.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise),
+                                       rtol=1e-5, atol=1e-5)
+    assert next(iter(fast._samplers.values())).calibrations == 2

@@ -16,6 +16,7 @@ from ..quant.api import QuantReport, calibrate, quantize_, reset_ttq
 from ..quant.modules import TTQLinear
 from ..quant.stats import ActivationStats, load_stats
 from .config import Pi05Config
+from .fast import WEIGHT_MODES, FastSampler
 from .loading import WEIGHTS_FILE, build_model
 from .pi05 import Pi05Checkpoint
 from .processing import (DEFAULT_TOKENIZER, STATE_PROMPTS, ProcessorFiles, PromptTokenizer, image_to_model_input,
@@ -95,6 +96,8 @@ class Pi05Policy:
         self.quant_config: QuantConfig | None = None
         self.quant_report: QuantReport | None = None
         self.quantize_expert = False
+        self._fast: dict | None = None  # FastSampler options when predict_chunk uses it (use_fast_sampler)
+        self._samplers: dict[tuple, FastSampler] = {}
         self._check_cameras()
 
     # --- contract ---------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class Pi05Policy:
             "state_prompt": self.state_prompt, "cameras": cfg.image_keys,
             "rope_like_lerobot": self.model.rope_like_lerobot, "attn_impl": self.model.attn_impl,
             "quant": None if self.quant_config is None else to_dict(self.quant_config),
-            "quantize_expert": self.quantize_expert,
+            "quantize_expert": self.quantize_expert, "fast_sampler": self._fast is not None,
             "quantized_modules": 0 if rep is None else len(rep.modules),
             "quantized_weight_bytes_before": 0 if rep is None else rep.bytes_before,
             "quantized_weight_bytes_after": 0 if rep is None else rep.bytes_after,
@@ -199,11 +202,30 @@ class Pi05Policy:
         expected = (len(observations), self.config.chunk_size, self.config.max_action_dim)
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
-        actions = self.model.sample_actions(inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"],
-                                            noise.to(self.device, torch.float32))
+        args = (inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], noise.to(self.device, torch.float32))
+        actions = self.model.sample_actions(*args) if self._fast is None else self._sampler(args)(*args)
         actions = actions[:, :, : self.config.action_dim].float().cpu()
         actions = self.processor.unnormalizer("action", actions, inverse=True)
         return actions.numpy().astype(np.float32)
+
+    # --- fast sampler -----------------------------------------------------------------------
+    def use_fast_sampler(self, enabled: bool = True, weights: str = "dense", compile: bool = False,
+                         cuda_graph: bool | None = None) -> None:
+        """Run :meth:`predict_chunk` through :class:`~vla_ttq.models.fast.FastSampler`: static KV cache and,
+        on a GPU, one CUDA graph per (batch size, cameras, prompt length), built on first use. Same
+        actions as the plain path within floating-point tolerance (TTQ per episode: its first call after
+        :meth:`reset` runs the plain path, which calibrates). See docs/bench.md."""
+        if weights not in WEIGHT_MODES:
+            raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
+        self._fast = dict(weights=weights, compile=compile, cuda_graph=cuda_graph) if enabled else None
+        self._samplers.clear()
+
+    def _sampler(self, args: tuple) -> FastSampler:
+        images, _, tokens, _, noise = args
+        key = (noise.shape[0], len(images), tokens.shape[1])
+        if key not in self._samplers:
+            self._samplers[key] = FastSampler(self.model, *key, device=self.device, **self._fast)
+        return self._samplers[key]
 
     # --- quantization -----------------------------------------------------------------------
     def quant_filter(self, quantize_expert: bool | None = None):
@@ -229,7 +251,11 @@ class Pi05Policy:
                 for i in range(0, len(obs), batch_size):
                     self.predict_chunk(obs[i: i + batch_size])
 
-        return calibrate(self.root, run, self.quant_filter(quantize_expert), p=p, reservoir=reservoir, stats=stats)
+        fast, self._fast = self._fast, None  # statistics are hooks on the modules: the plain path calls them
+        try:
+            return calibrate(self.root, run, self.quant_filter(quantize_expert), p=p, reservoir=reservoir, stats=stats)
+        finally:
+            self._fast = fast
 
     def quantize(self, quant: QuantConfig, calibration: dict[str, ActivationStats] | str | Path | None = None,
                  quantize_expert: bool = False) -> QuantReport:
@@ -240,6 +266,7 @@ class Pi05Policy:
             calibration = load_stats(calibration)
         self.quantize_expert = quantize_expert
         report = quantize_(self.root, quant, self.quant_filter(quantize_expert), calibration)
+        self._samplers.clear()  # they wrap the replaced layers
         self.quant_config, self.quant_report = quant, report
         log.info("%s", report.summary())
         return report
@@ -253,14 +280,15 @@ def load_policy(path_or_hub_id: str | Path, device: str | torch.device = "cpu", 
                 n_action_steps: int | None = None, num_inference_steps: int | None = None,
                 state_prompt: str = "raw", tokenizer: str | Path | None = None, seed: int = 0,
                 attn_impl: str = "eager", camera_map: dict[str, str] | None = None,
-                rope_like_lerobot: bool = True, verbose: bool = False) -> Pi05Policy:
+                rope_like_lerobot: bool = True, fast: bool = False, verbose: bool = False) -> Pi05Policy:
     """Load a lerobot pi0.5 checkpoint (local directory, or hub id when online) as a :class:`Pi05Policy`.
 
     dtype: ``None`` keeps the checkpoint config's ``dtype``; ``"bfloat16"`` keeps the vision path,
     norms and action/time projections in float32 as lerobot does. ``state_prompt``: ``"raw"``
     (lerobot >= 0.5) or ``"padded"`` (lerobot 0.4.x); see docs/model.md. ``rope_like_lerobot``:
     in bfloat16, round the RoPE frequencies to bfloat16 as lerobot's model does (bit parity with
-    lerobot); False keeps them float32 as openpi does. No effect in float32.
+    lerobot); False keeps them float32 as openpi does. No effect in float32. ``fast``: serve calls
+    through :class:`~vla_ttq.models.fast.FastSampler` (:meth:`Pi05Policy.use_fast_sampler`).
     """
     directory = resolve_checkpoint(path_or_hub_id)
     config_path = directory / "config.json"
@@ -296,6 +324,8 @@ def load_policy(path_or_hub_id: str | Path, device: str | torch.device = "cpu", 
             print(report.summary())
     elif quant is not None:
         policy.quant_config = quant
+    if fast:
+        policy.use_fast_sampler()
     return policy
 
 
