@@ -258,3 +258,29 @@ def test_policy_fast_sampler_same_actions(tmp_path):
             np.testing.assert_allclose(fast.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise),
                                        rtol=1e-5, atol=1e-5)
     assert next(iter(fast._samplers.values())).calibrations == 2
+
+
+@pytest.mark.parametrize("weights", ["dense", "packed"])
+def test_sampler_follows_swapped_ttq_states(root, weights):
+    """A server keeps one calibration per client (ttq_state / load_ttq_state); the sampler must serve
+    the one loaded, and refreshing its graph copies in place must not alter a saved snapshot."""
+    from vla_ttq.quant import load_ttq_state, ttq_state
+
+    r = _ttq(root, stats_scope="batch")
+    model, length = r.model, root.model.config.tokenizer_max_length
+    a, b, probe = _inputs(model.config, 11), _inputs(model.config, 12), _inputs(model.config, 13)
+    sampler = FastSampler(model, B, 2, length, weights=weights)
+    sampler(*a)  # client A's episode starts: calibrates on a
+    want_a = model.sample_actions(*probe)
+    state_a = ttq_state(r)
+    reset_ttq(r)
+    sampler(*b)  # client B's episode starts
+    want_b = model.sample_actions(*probe)
+    state_b = ttq_state(r)
+    load_ttq_state(r, state_a)
+    _close(sampler(*probe), want_a)
+    load_ttq_state(r, state_b)
+    _close(sampler(*probe), want_b)
+    load_ttq_state(r, state_a)  # A's snapshot survived B's in-place refresh
+    _close(sampler(*probe), want_a)
+    assert sampler.calibrations == 2

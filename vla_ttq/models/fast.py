@@ -62,6 +62,7 @@ class _Linear:
         self.owned: list[torch.Tensor] = []  # tensors this wrapper allocated (weight copies)
         self.dense: list[torch.Tensor] | None = None  # per-slot dense effective weights (compute dtype)
         self.packed: list[tuple] | None = None  # per-slot (PackedWeight, col_scale) copies, graph-stable
+        self._synced: list = []  # the module's cache entries the graph's copies were made from
         self.bias = getattr(module, "bias", None)
         if isinstance(module, nn.Linear):
             self.kind = "linear"
@@ -92,6 +93,11 @@ class _Linear:
     def needs_calibration(self) -> bool:
         return self.kind == "ttq_episode" and any(i not in self.module._cache for i in range(self.slots))
 
+    def stale(self) -> bool:
+        """The module holds another calibration than the graph's copy (e.g. a server swapped in
+        another client's state with ``load_ttq_state``)."""
+        return self.kind == "ttq_episode" and any(self.module._cache.get(i) is not e for i, e in enumerate(self._synced))
+
     @torch.no_grad()
     def refresh(self) -> None:
         """Copy the module's current episode calibration into the graph's tensors (in place)."""
@@ -106,15 +112,17 @@ class _Linear:
             else:
                 for dst, src in zip(self.dense, new):
                     dst.copy_(src)
+            self._synced = entries
             return
         if self.packed is None:
             self.packed = [(packed, s) for packed, s in entries]  # first calibration: adopt its tensors
-            return
-        for (dst, ds), (src, ss) in zip(self.packed, entries):
-            for a, b in ((dst.data, src.data), (dst.scale, src.scale), (dst.zero, src.zero), (ds, ss)):
-                a.copy_(b)
-        for i in range(self.slots):  # the module keeps the graph's tensors: no second copy
-            m._cache[i] = self.packed[i]
+        else:
+            for (dst, ds), (src, ss) in zip(self.packed, entries):
+                for a, b in ((dst.data, src.data), (dst.scale, src.scale), (dst.zero, src.zero), (ds, ss)):
+                    a.copy_(b)
+            for i in range(self.slots):  # the module keeps the graph's tensors: no second copy
+                m._cache[i] = self.packed[i]
+        self._synced = [m._cache[i] for i in range(self.slots)]
 
     # --- forward ---------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,6 +325,7 @@ class FastSampler:
         self.groups: list[_Group] = []
         self.lm_ops = self._layer_ops(model.language_model, "lm")
         self.expert_ops = self._layer_ops(model.expert, "expert")
+        self._episode_linears = [lin for lin in self.linears.values() if lin.kind == "ttq_episode"]
         if self.cuda_graph:
             checked = [n for n, lin in self.linears.items() if lin.kind == "ttq_call" and lin.module.cfg.check_finite]
             if checked:
@@ -502,6 +511,8 @@ class FastSampler:
             self.calibrations += 1
             self.out.copy_(out)
             return self.out
+        if any(lin.stale() for lin in self._episode_linears):  # another calibration was loaded
+            self.refresh()
         self._load(images, image_masks, tokens, token_masks, noise)
         if self.cuda_graph:
             if self.graph is None:
