@@ -217,7 +217,8 @@ def test_compiled_glue_equals_eager():
     q, k, v = (torch.randn(1, 5, n, 8, generator=g) for n in (4, 2, 2))
     mask = torch.where(torch.rand(1, 1, 5, 5, generator=g) > 0.3, 0.0, -1e30)
     torch.testing.assert_close(comp.attention(q, k, v, mask), eager.attention(q, k, v, mask))
-    x, s1, sh = torch.randn(2, 5, 16, generator=g), torch.rand(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
+    x = torch.randn(2, 5, 16, generator=g)
+    s1, sh = torch.rand(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
     torch.testing.assert_close(comp.ada(x, 1e-6, s1, sh), eager.ada(x, 1e-6, s1, sh))
 
 

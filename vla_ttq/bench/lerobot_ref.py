@@ -41,7 +41,8 @@ def bench_lerobot(make_inputs, batch_sizes, steps: int, reps: int, budget_s: flo
     rows = []
     for b in batch_sizes:
         images, masks, tokens, token_masks, noise = make_inputs(b)
-        call = lambda: model.sample_actions(images, masks, tokens, token_masks, noise=noise, num_steps=steps)  # noqa: E731
+        def call():
+            return model.sample_actions(images, masks, tokens, token_masks, noise=noise, num_steps=steps)
         with torch.no_grad():
             call()
             reset_peak(device)

@@ -89,7 +89,8 @@ def standard_modes(include_plain: bool = True) -> list[BenchMode]:
                 for rec in ("call", "episode"):
                     modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute=rec, scope=scope))
                 if rank == 0 and scope == "backbone+expert":
-                    modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute="episode", scope=scope, compiled=True))
+                    modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute="episode", scope=scope,
+                                           compiled=True))
         for bits in (4, 2):
             modes.append(BenchMode("ttq", bits=bits, rank=rank, recompute="episode", scope="backbone+expert",
                                    weights="packed", host_master=True))

@@ -129,7 +129,7 @@ class Runner:
                         offload_ttq_masters(root)
                     reset_ttq(root)
                 for b in s.batch_sizes:
-                    row = {"mode": mode.name, **{k: v for k, v in vars(mode).items()}, "batch": b, "prepare": dict(prep)}
+                    row = {"mode": mode.name, **vars(mode), "batch": b, "prepare": dict(prep)}
                     try:
                         row.update(self.measure(root, mode, b, inputs[b]))
                     except Exception as e:  # one failing mode (e.g. out of memory) must not lose the others

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..quant.modules import QuantLinear, TTQLinear
-from .gemma import MASK_VALUE, GemmaDecoderLayer, GemmaTransformer, rope_tables
+from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
 
 WEIGHT_MODES = ("dense", "packed")
@@ -96,7 +96,8 @@ class _Linear:
     def stale(self) -> bool:
         """The module holds another calibration than the graph's copy (e.g. a server swapped in
         another client's state with ``load_ttq_state``)."""
-        return self.kind == "ttq_episode" and any(self.module._cache.get(i) is not e for i, e in enumerate(self._synced))
+        cache = self.module._cache
+        return self.kind == "ttq_episode" and any(cache.get(i) is not e for i, e in enumerate(self._synced))
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -329,7 +330,8 @@ class FastSampler:
         if self.cuda_graph:
             checked = [n for n, lin in self.linears.items() if lin.kind == "ttq_call" and lin.module.cfg.check_finite]
             if checked:
-                raise ValueError(f"{len(checked)} per-call TTQ layers (e.g. {checked[0]}) check their input for NaN/inf, "
+                raise ValueError(f"{len(checked)} per-call TTQ layers (e.g. {checked[0]}) check their input for "
+                                 "NaN/inf, "
                                  "a host synchronisation a CUDA graph cannot hold: set QuantConfig.check_finite=False "
                                  "or cuda_graph=False")
         self._time_conditioning()
@@ -439,8 +441,8 @@ class FastSampler:
     def _denoise(self, pad):
         m, b, c, P = self.model, self.batch, self.chunk, self.prefix_len
         ex = m.expert
-        allowed = torch.cat([pad[:, None, :].expand(b, c, -1), torch.ones(b, c, c, dtype=torch.bool, device=pad.device)],
-                            dim=2)
+        chunk_block = torch.ones(b, c, c, dtype=torch.bool, device=pad.device)
+        allowed = torch.cat([pad[:, None, :].expand(b, c, -1), chunk_block], dim=2)
         mask = additive_mask(allowed)
         rope = self._rope_tables(pad.sum(dim=-1, keepdim=True) + torch.arange(c, device=pad.device)[None], ex.spec)
         x_t = self.noise
@@ -528,4 +530,4 @@ class FastSampler:
                                                                              if g.owned is not None]
 
 
-__all__ = ["FastSampler", "WEIGHT_MODES", "ttq_call_forward", "ttq_episode_dense", "MASK_VALUE"]
+__all__ = ["FastSampler", "Glue", "WEIGHT_MODES", "ttq_call_forward", "ttq_episode_dense"]

@@ -202,7 +202,8 @@ class Pi05Policy:
         expected = (len(observations), self.config.chunk_size, self.config.max_action_dim)
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
-        args = (inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], noise.to(self.device, torch.float32))
+        args = (inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"],
+                noise.to(self.device, torch.float32))
         actions = self.model.sample_actions(*args) if self._fast is None else self._sampler(args)(*args)
         actions = actions[:, :, : self.config.action_dim].float().cpu()
         actions = self.processor.unnormalizer("action", actions, inverse=True)
