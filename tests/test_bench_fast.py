@@ -285,3 +285,29 @@ def test_sampler_follows_swapped_ttq_states(root, weights):
     load_ttq_state(r, state_a)  # A's snapshot survived B's in-place refresh
     _close(sampler(*probe), want_a)
     assert sampler.calibrations == 2
+
+
+def test_targets_are_judged_from_the_rows():
+    from vla_ttq.bench.report import targets
+
+    def row(**kw):
+        base = dict(batch=1, method="fp", dtype="bfloat16", engine="fast", tf32=False, compiled=False, rank=0,
+                    weights="dense", host_master=False)
+        return {**base, **kw}
+
+    rows = [row(method="lerobot", ms_median=240.0),
+            row(ms_median=40.0, weights_bytes=8e9, block_linears_bytes=4.6e9),
+            row(tf32=True, compiled=True, ms_median=25.0),
+            row(method="ttq", bits=4, recompute="episode", scope="backbone+expert", ms_median=40.5),
+            row(method="rtn", bits=2, scope="backbone+expert", weights="packed", ms_median=45.0,
+                weights_bytes=4e9, block_linears_bytes=1.4e9)]
+    t = {x["target"]: x for x in targets(rows)}
+    speed = t["our bf16 call at B=1 <= 1/8 of lerobot's time (same run)"]
+    assert speed["met"] is False and speed["speedup"] == pytest.approx(6.0)
+    assert t["our bf16+tf32 compiled call at B=1 <= 1/8 of lerobot's time (same run)"]["met"] is True
+    ttq = next(v for k, v in t.items() if k.startswith("TTQ W4"))
+    assert ttq["met"] is False and ttq["slower_by"] == pytest.approx(0.0125)  # "no slower": strictly
+    mem = t["GPU weight memory >= 70 % smaller at W2, LM+expert (packed RTN W2)"]
+    assert mem["block_linears_reduction"] == pytest.approx(1 - 1.4 / 4.6) and mem["met"] is False
+    assert mem["whole_model_reduction"] == pytest.approx(0.5)
+    assert t["GPU weight memory >= 70 % smaller at W2, LM+expert (TTQ W2 host-master)"]["met"] is None

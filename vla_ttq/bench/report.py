@@ -58,7 +58,8 @@ def targets(rows: list[dict], floor_ms: float = 7.0) -> list[dict]:
             out.append({"target": "TTQ W4 (D once per episode, r=0, LM+expert) no slower than our bf16 (B=1"
                                   + (", both compiled)" if compiled else ")"),
                         "ttq_ms": ttq["ms_median"], "bf16_ms": ours["ms_median"],
-                        "met": ttq["ms_median"] <= ours["ms_median"] * 1.02, "x_floor": ttq["ms_median"] / floor_ms})
+                        "met": ttq["ms_median"] <= ours["ms_median"], "slower_by": ttq["ms_median"] / ours["ms_median"] - 1,
+                        "x_floor": ttq["ms_median"] / floor_ms})
     bf = _row(rows, 1, method="fp", dtype="bfloat16", engine="fast", tf32=False, compiled=False)
     for label, match in (("packed RTN W2", dict(method="rtn", bits=2, scope="backbone+expert", weights="packed")),
                          ("TTQ W2 host-master", dict(method="ttq", bits=2, rank=0, host_master=True))):
