@@ -142,4 +142,3 @@ def save_checkpoint(root: Pi05Checkpoint, path: str | Path, with_lm_heads: bool 
         state.pop(EMBED)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
-
