@@ -106,6 +106,21 @@ class BatchSpy:
         self.policy.reset(env_index)
 
 
+def test_fast_sampler_flag_gives_the_plain_paths_actions(pool, cache, tmp_path):
+    argv = base_args(tmp_path, cache) + ["--episodes", "1", "--method", "rtn", "--bits", "4", "--fast"]
+    cfg = cli.config_from_args(cli.build_parser().parse_args(argv))
+    assert cfg.fast and cfg.result_hash("10") == cfg.with_(fast=False).result_hash("10")
+    runs = []
+    for c in (cfg.with_(fast=False), cfg):
+        spy = BatchSpy(build_policy(c))
+        assert (spy.policy._fast is not None) == c.fast
+        run_items(spy, plan_items(c), ResultsStore(tmp_path / f"fast{c.fast}.jsonl"), progress=False)
+        runs.append(spy.actions)
+    assert len(runs[0]) == len(runs[1]) > 0
+    for plain, fast in zip(*runs):
+        np.testing.assert_allclose(fast[0], plain[0], atol=1e-4)
+
+
 def test_vectorised_envs_in_processes_batch_policy_calls_and_match_single_env(pool, cache, tmp_path):
     from eval.libero.env import EnvPool
 

@@ -93,7 +93,7 @@ def test_plan_order_seeds_and_protocol():
 
 def test_result_hash_ignores_execution_and_tracks_what_changes_outcomes():
     base = EvalConfig(policy="tiny")
-    same = [base.with_(episodes=3), base.with_(tasks=(2,)), base.with_(n_envs=4, device="cuda", out="x", video=True)]
+    same = [base.with_(episodes=3), base.with_(tasks=(2,)), base.with_(n_envs=4, device="cuda", out="x", video=True, fast=True)]
     assert {c.result_hash("10") for c in same} == {base.result_hash("10")}
     differ = [base.with_(quant=QuantConfig(method="ttq", bits=3, group=64)), base.with_(seed=1),
               base.with_(max_steps=10), base.with_(camera_res=224), base.with_(policy="other/ckpt")]

@@ -52,7 +52,7 @@ def load_fp_policy(cfg: EvalConfig) -> Any:
     from vla_ttq.models import load_policy
 
     return load_policy(checkpoint_path(cfg), device=cfg.torch_device(), dtype=cfg.dtype, n_action_steps=cfg.n_action_steps,
-                       seed=cfg.seed)
+                       seed=cfg.seed, fast=cfg.fast)
 
 
 def build_policy(eval_config: EvalConfig, *, suite: str | None = None, env_pool=None, progress: bool = True) -> Any:

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--n-envs", type=_int_in(1), default=None, help="simulators stepped together, batched policy calls")
     x.add_argument("--env-processes", action="store_true", default=None,
                    help="run each simulator in its own process (parallel stepping; use with --n-envs)")
+    x.add_argument("--fast", action="store_true", default=None,
+                   help="policy calls through the fast sampler (static KV cache, CUDA graphs; docs/bench.md)")
     x.add_argument("--out", default=None, help="results directory (default results/libero)")
     x.add_argument("--video", action="store_true", default=None, help="write an MP4 per episode under OUT/videos")
     x.add_argument("--cache-dir", default=None, help=f"tiny checkpoint and AWQ statistics (default {default_cache_dir()})")
@@ -131,7 +133,7 @@ def flag_overrides(args: argparse.Namespace) -> dict:
              if f"calib_{k}" in flat}
     top = {k: flat[k] for k in ("suite", "episodes", "tasks", "seed", "policy", "server", "device", "dtype",
                                 "n_action_steps", "tiny_seed", "quantize_expert", "max_steps", "camera_res",
-                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "out", "video",
+                                "num_steps_wait", "hard_reset", "n_envs", "env_processes", "fast", "out", "video",
                                 "cache_dir") if k in flat}
     return {**top, **({"quant": quant} if quant else {}), **({"calib": calib} if calib else {})}
 

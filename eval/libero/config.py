@@ -74,6 +74,7 @@ class EvalConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     n_envs: int = 1
     env_processes: bool = False  # each simulator in its own process (parallel rendering on many cores)
+    fast: bool = False  # FastSampler (static KV cache, CUDA graph on GPU): same actions within float tolerance
     server: str | None = None  # ws://host:port: episodes through a remote policy server
     out: str = "results/libero"
     video: bool = False

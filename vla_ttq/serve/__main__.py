@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--n-action-steps", type=int, default=None)
     src.add_argument("--calibration", default=None, help="activation statistics file (needed by AWQ)")
     src.add_argument("--seed", type=int, default=0, help="seed of the tiny checkpoint")
+    src.add_argument("--fast", action="store_true", help="fast sampler: static KV cache, CUDA graphs on a GPU")
     q = p.add_argument_group("quantization (flags override --quant-config)")
     q.add_argument("--quant-config", default=None, help="QuantConfig YAML")
     q.add_argument("--method", choices=METHODS, default=None)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         server_cfg.validate()
         spec = PolicySpec(policy=args.policy, factory=args.factory, device=args.device, dtype=args.dtype,
                           quantize_expert=args.quantize_expert, n_action_steps=args.n_action_steps,
-                          calibration=args.calibration, seed=args.seed)
+                          calibration=args.calibration, seed=args.seed, fast=args.fast)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ class PolicySpec:
     n_action_steps: int | None = None
     calibration: str | None = None  # activation statistics file (AWQ)
     seed: int = 0  # for the tiny checkpoint
+    fast: bool = False  # FastSampler: static KV cache, one CUDA graph per call on a GPU (docs/bench.md)
 
 
 def quant_config(method: str | None, overrides: dict[str, Any], yaml_path: str | None) -> QuantConfig | None:
@@ -79,7 +80,7 @@ def build_policy(spec: PolicySpec, quant: QuantConfig | None, stack: contextlib.
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown torch dtype {spec.dtype!r}")
     return load_policy(path, device=spec.device, dtype=dtype, quant=quant, calibration=calibration,
-                       quantize_expert=spec.quantize_expert, n_action_steps=spec.n_action_steps)
+                       quantize_expert=spec.quantize_expert, n_action_steps=spec.n_action_steps, fast=spec.fast)
 
 
 __all__ = ["PolicySpec", "build_policy", "quant_config", "load_factory", "TINY"]
