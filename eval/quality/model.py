@@ -63,6 +63,7 @@ def converted_dir(refresh: bool = False) -> Path:
     (tmp / _DONE).write_text(f"converted from {src.name}\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
+    src.unlink()  # re-assembled from the installed chunks if ever needed again
     return target
 
 
@@ -80,3 +81,7 @@ def body_linear_filter(module: nn.Module, name: str) -> bool:
     """Every linear of the transformer body; the LM head (tied to the embeddings) stays full precision,
     as π0.5 keeps its embeddings and output heads."""
     return isinstance(module, nn.Linear) and not name.endswith("lm_head")
+
+
+if __name__ == "__main__":  # scripts/setup.sh: convert once at set-up time, not inside a test
+    print(converted_dir())

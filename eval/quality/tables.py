@@ -42,7 +42,7 @@ def _marked(values: list[float | None], fp: float | None) -> list[str]:
     for v in values:
         s = fmt(v)
         if v is not None and fp is not None and v <= NEAR_FP * fp:
-            s = "*" + s
+            s = "\\*" + s  # escaped: a bare * would open markdown emphasis
         if finite and v == finite[0]:
             s = f"**{s}**"
         elif len(finite) > 1 and v == finite[1]:
