@@ -13,7 +13,9 @@ fi
 PY=${PYTHON:-python3}
 # torch first, pinned, so no extra below can pull a multi-GB CUDA build (a CPU wheel here).
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[model,libero,server,kernels,dist,dev]"
+$PY -m pip install -q -e ".[model,libero,server,kernels,dist,dev,quality]"
 # openpi's client is only a test peer of our server; it pins numpy<2, which our stack does not need,
 # so it comes without its dependencies (msgpack and websockets are in the server extra).
 $PY -m pip install -q --no-deps "openpi-client==0.1.2"
+# The quality test's Gemma-3-270M: dequantize its GGUF once (~45 s) into ~/.cache/vla_ttq.
+$PY -m eval.quality.model >/dev/null
