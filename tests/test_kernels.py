@@ -209,6 +209,17 @@ def test_quant_linear_and_ttq_linear_run_through_the_triton_backend():
     assert rel_err(ttq(xx.to(XDTYPE)), ttq_ref(xx.to(XDTYPE).float()).double()) < (3e-2 if CUDA else 1e-5)
 
 
+def test_prescaled_gemm_of_library_backends_matches_reference():
+    """torch int4 and Marlin wrap a GEMM that cannot fuse x/D, the low-rank term or the bias."""
+    packed = reference.quantize_pack(rand(64, 128), col_scale(128), 3, 32)
+    x, cs = rand(2, 5, 128), col_scale(128)
+    lowrank, bias = (rand(64, 4, scale=0.1), rand(4, 128, scale=0.1)), rand(64)
+    dense = packed.dequantize()  # the library GEMM's job: y = x_scaled @ Q(W s)ᵀ
+    y = reference.prescaled_gemm(x, 64, lambda xs: xs @ dense.T, cs, lowrank, bias)
+    assert y.shape == (2, 5, 64)
+    assert rel_err(y, reference.quant_matmul(x, packed, cs, lowrank, bias)) < 1e-5
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_torch_int4_backend_matches_reference():

@@ -14,7 +14,6 @@ import importlib.util
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from . import reference
@@ -79,17 +78,7 @@ def _gemm(x2: torch.Tensor, p: MarlinPackedWeight) -> torch.Tensor:
 
 def quant_matmul(x, packed, col_scale=None, lowrank=None, bias=None) -> torch.Tensor:
     p = prepare(packed)
-    N, K = p.shape
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
-    xs = x2 if col_scale is None else x2 / col_scale.to(x2.dtype)
-    y = _gemm(xs, p).to(x.dtype)
-    if lowrank is not None:
-        b, a = lowrank
-        y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y.reshape(*lead, N)
+    return reference.prescaled_gemm(x, p.shape[0], lambda xs: _gemm(xs, p), col_scale, lowrank, bias)
 
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16) -> MarlinPackedWeight:

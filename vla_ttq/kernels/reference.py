@@ -40,3 +40,20 @@ def quant_matmul(
         b, a = lowrank
         y = y + F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
     return y
+
+
+def prescaled_gemm(x: torch.Tensor, n_out: int, gemm, col_scale: torch.Tensor | None = None,
+                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = gemm(x / col_scale) + (x Aᵀ) Bᵀ + bias for a library GEMM that cannot fuse the prescale
+    or the low-rank term (torch int4, Marlin): ``gemm`` maps the 2-D prescaled input to (M, n_out)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    xs = x2 if col_scale is None else x2 / col_scale.to(x2.dtype)
+    y = gemm(xs).to(x.dtype)
+    if lowrank is not None:
+        b, a = lowrank
+        y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*lead, n_out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from . import reference
@@ -59,18 +58,12 @@ def prepare(packed: PackedWeight) -> Int4PackedWeight:
 
 def quant_matmul(x, packed, col_scale=None, lowrank=None, bias=None) -> torch.Tensor:
     p = prepare(packed)
-    N, K = p.shape
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
-    xs = x2 if col_scale is None else x2 / col_scale.to(x2.dtype)
-    y = torch.ops.aten._weight_int4pack_mm(xs.to(torch.bfloat16).contiguous(), p.int4pack, p.group, p.scales_and_zeros)
-    y = y.to(x.dtype)
-    if lowrank is not None:
-        b, a = lowrank
-        y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y.reshape(*lead, N)
+
+    def gemm(xs: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm(xs.to(torch.bfloat16).contiguous(), p.int4pack, p.group,
+                                                  p.scales_and_zeros)
+
+    return reference.prescaled_gemm(x, p.shape[0], gemm, col_scale, lowrank, bias)
 
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16) -> Int4PackedWeight:
