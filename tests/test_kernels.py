@@ -125,6 +125,19 @@ def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
         assert err < TOL, (M, path, err)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group, K", [(32, 256), (64, 256), (128, 256), (64, 2048), (128, 16384)])
+def test_tensor_core_tiles_are_deep_enough_for_tl_dot_in_every_slice(bits, group, K):
+    """tl.dot needs K >= 16 on a GPU (the CPU interpreter does not check): each slice of a tile
+    must hold >= 16 word rows, also when the layer has fewer groups than the tile (found on an H100)."""
+    from vla_ttq.kernels.layout import slice_widths
+
+    wmin = min(w for _, w in slice_widths(bits))
+    for M in (17, 64):
+        for _, _, gt, _, _ in triton_backend._candidates(True, bits, group, K, 40, M, 132):
+            assert gt * group * wmin // 32 >= 16, (gt, group, wmin)
+
+
 def test_every_tile_candidate_computes_the_same_function():
     N, K = 72, 512  # N not a multiple of any tile: masked rows
     packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)

@@ -119,7 +119,8 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
                       (bm, 128, max(1, gt8 // 2), 1, (4,))]
     for bm_, bn, gt, warps, waves_list in shapes:
         bn = min(bn, max(16, _next_pow2(N)))
-        gt = min(gt, _next_pow2(G))
+        # no deeper than the layer, except where tl.dot needs the depth (rows past G are masked)
+        gt = max(min(gt, _next_pow2(G)), gt_min) if use_dot else min(gt, _next_pow2(G))
         k_tiles = math.ceil(G / gt)
         programs = math.ceil(N / bn) * math.ceil(M / bm_)
         for waves in waves_list:  # aim at this many programs per SM (split-K fills the rest)
