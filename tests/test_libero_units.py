@@ -234,3 +234,17 @@ def test_summary_per_suite_and_task(capsys):
     print_summary([ten])
     out = capsys.readouterr().out
     assert "TTQ w2 g64 r=0" in out and "[h1]" in out and "66.7%" in out and "50.0%" in out
+
+
+def test_summaries_cover_the_planned_episodes_only(tmp_path):
+    """A shorter rerun of a config reports its own episodes, not those of a longer earlier run."""
+    from eval.libero.summary import summarize_planned
+
+    store = ResultsStore(tmp_path / "episodes.jsonl")
+    for ep in range(4):
+        store.append(rec(0, ep, success=ep == 0))
+    planned = [EpisodeItem(suite="10", task_id=0, episode=ep, seed=ep, config_hash="h1") for ep in range(2)]
+    (entry,) = summarize_planned(store, planned, tmp_path)
+    assert (entry["episodes"], entry["successes"]) == (2, 1)
+    saved = json.loads((tmp_path / "summaries" / "10-h1.json").read_text())
+    assert saved["episodes"] == 2

@@ -190,7 +190,7 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
     from .plan import plan_items
     from .results import ResultsStore, episode_key
     from .rollout import run_items
-    from .summary import print_summary, save_summary, summarize
+    from .summary import print_summary, summarize_planned
 
     out = Path(cfg.out)
     store = ResultsStore(out / "episodes.jsonl")
@@ -217,11 +217,8 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
                   progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
     if remote is not None:
         remote.close()
-    planned = {episode_key(it) for it in items}  # this run's episodes, whenever they were run
-    summary = summarize(r for r in store.records() if episode_key(r) in planned)
+    summary = summarize_planned(store, items, out)
     print_summary(summary, console)
-    for e in summary:
-        save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
     return summary
 
 

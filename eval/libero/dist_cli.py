@@ -85,7 +85,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .distributed import init_ray, run_distributed
     from .grid import format_plan, plan_grid, plan_table
     from .results import ResultsStore
-    from .summary import save_summary, summarize
+    from .summary import summarize_planned
 
     try:
         configs, out, explicit_device = configs_from_args(args)
@@ -118,10 +118,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     finally:
         if started:
             ray.shutdown()
-    hashes = {cfg.result_hash(s) for cfg in configs.values() for s in cfg.suites()}
-    summary = summarize(r for r in store.records() if r["config_hash"] in hashes)
-    for e in summary:
-        save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
+    # the episodes of this grid (as cli.run does), not every record of its configs
+    summary = summarize_planned(store, [it for items in plan_grid(configs).values() for it in items], out)
     print(grid_matrix(configs, summary))
     print(f"{report.written} episodes written, {report.skipped} already done, {report.worker_failures} workers lost "
           f"({report.requeued_items} episodes re-run), {report.wall_s:.0f} s -> {store.path}")
