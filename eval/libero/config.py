@@ -144,7 +144,7 @@ class EvalConfig:
         return Path(self.cache_dir or default_cache_dir()).expanduser()
 
     def torch_device(self) -> str:
-        if self.device != "auto":
+        if self.device not in (None, "auto"):  # (None: a YAML's `device: null`)
             return self.device
         import torch
 
