@@ -120,6 +120,8 @@ def test_eval_config_yaml_roundtrip(tmp_path):
     (["--episodes", "51"], "argument --episodes: 51 is out of range [1, 50]"),
     (["--tasks", "a,b"], "argument --tasks: expected task ids"),
     (["--n-envs", "0"], "argument --n-envs"),
+    (["--max-failures", "-1"], "argument --max-failures: -1 is out of range [0, inf)"),
+    (["--workers", "0"], "argument --workers: 0 is out of range [1, inf)"),
     (["--policy", "tiny", "--tasks", "12", "--dry-run"], "task id(s) [12] out of range for suite '10'"),
     (["--method", "rtn", "--rank", "16", "--policy", "tiny"], "rank > 0"),
     (["--policy", "/no/such/checkpoint"], "checkpoint directory not found: /no/such/checkpoint"),
