@@ -120,6 +120,8 @@ def test_eval_config_yaml_roundtrip(tmp_path):
     (["--episodes", "51"], "argument --episodes: 51 is out of range [1, 50]"),
     (["--tasks", "a,b"], "argument --tasks: expected task ids"),
     (["--n-envs", "0"], "argument --n-envs"),
+    (["--max-failures", "-1"], "argument --max-failures: -1 is out of range [0, inf)"),
+    (["--workers", "0"], "argument --workers: 0 is out of range [1, inf)"),
     (["--policy", "tiny", "--tasks", "12", "--dry-run"], "task id(s) [12] out of range for suite '10'"),
     (["--method", "rtn", "--rank", "16", "--policy", "tiny"], "rank > 0"),
     (["--policy", "/no/such/checkpoint"], "checkpoint directory not found: /no/such/checkpoint"),
@@ -234,3 +236,17 @@ def test_summary_per_suite_and_task(capsys):
     print_summary([ten])
     out = capsys.readouterr().out
     assert "TTQ w2 g64 r=0" in out and "[h1]" in out and "66.7%" in out and "50.0%" in out
+
+
+def test_summaries_cover_the_planned_episodes_only(tmp_path):
+    """A shorter rerun of a config reports its own episodes, not those of a longer earlier run."""
+    from eval.libero.summary import summarize_planned
+
+    store = ResultsStore(tmp_path / "episodes.jsonl")
+    for ep in range(4):
+        store.append(rec(0, ep, success=ep == 0))
+    planned = [EpisodeItem(suite="10", task_id=0, episode=ep, seed=ep, config_hash="h1") for ep in range(2)]
+    (entry,) = summarize_planned(store, planned, tmp_path)
+    assert (entry["episodes"], entry["successes"]) == (2, 1)
+    saved = json.loads((tmp_path / "summaries" / "10-h1.json").read_text())
+    assert saved["episodes"] == 2

@@ -21,7 +21,7 @@ from typing import Any
 from vla_ttq.config import config_hash, to_dict
 
 from .config import TINY, EvalConfig
-from .plan import EpisodeItem, suite_tasks
+from .plan import EpisodeItem, episode_seed, suite_tasks, task_ids
 from .results import ResultsStore, file_lock
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,10 @@ def calib_path(cfg: EvalConfig, suite: str) -> Path:
 
 def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:
     tasks = suite_tasks(suite)
-    ids = list(range(len(tasks))) if cfg.calib.tasks is None else list(cfg.calib.tasks)
-    bad = [t for t in ids if t >= len(tasks)]
-    if bad:
-        raise ValueError(f"calibration task id(s) {bad} out of range for suite {suite!r} (0..{len(tasks) - 1})")
+    ids = task_ids(suite, cfg.calib.tasks, "calibration task")
     key = "calib-" + config_hash(calib_key_blob(cfg, suite))
     max_steps = cfg.calib.max_steps or cfg.max_steps_for(suite)
-    return [EpisodeItem(suite=suite, task_id=t, episode=49 - e, seed=cfg.seed + CALIB_SEED_OFFSET + 1000 * t + e,
+    return [EpisodeItem(suite=suite, task_id=t, episode=49 - e, seed=episode_seed(cfg.seed + CALIB_SEED_OFFSET, t, e),
                         config_hash=key, task_name=tasks[t][0], prompt=tasks[t][1], max_steps=max_steps,
                         num_steps_wait=cfg.num_steps_wait, camera_res=cfg.camera_res, hard_reset=cfg.hard_reset, method="fp", bits=None,
                         group=None, rank=None, calib_suite=None, policy=cfg.policy)

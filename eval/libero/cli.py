@@ -113,12 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _auto_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The EvalConfig fields the command line sets (--preset, --quant-config, explicit flags), nested
     like EvalConfig: ``{"episodes": 2, "quant": {...}, "calib": {...}}``. Also applied to every run of
@@ -142,18 +136,16 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """Defaults <- --config YAML <- --preset <- explicit flags. Device "auto" is resolved here."""
     base = to_dict(load_yaml(EvalConfig, args.config) if args.config else EvalConfig())
     over = flag_overrides(args)
-    quant = to_dict(load_yaml(QuantConfig, args.quant_config)) if args.quant_config else dict(base["quant"])
-    quant.update(over.pop("quant", {}))
+    quant = {**base["quant"], **over.pop("quant", {})}  # (the --quant-config YAML is in the overrides)
     calib = {**base["calib"], **over.pop("calib", {})}
     merged = {**base, **over, "quant": quant, "calib": calib}
-    if merged.get("device") in (None, "auto"):
-        merged["device"] = _auto_device()
     given = [f"--calib-{k.replace('_', '-')}" for k in ("suite", "episodes", "tasks", "max_steps", "dataset")
              if getattr(args, f"calib_{k}") is not None]
     if given and quant.get("method") != "awq" and not merged.get("server"):
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --method awq only "
                          f"(method is {quant.get('method')!r})")
-    return from_dict(EvalConfig, merged)
+    cfg = from_dict(EvalConfig, merged)
+    return cfg.with_(device=cfg.torch_device())
 
 
 def _adopt_server(cfg: EvalConfig, policy, explicit_quant: bool) -> EvalConfig:
@@ -190,7 +182,7 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
     from .plan import plan_items
     from .results import ResultsStore, episode_key
     from .rollout import run_items
-    from .summary import print_summary, save_summary, summarize
+    from .summary import print_summary, summarize_planned
 
     out = Path(cfg.out)
     store = ResultsStore(out / "episodes.jsonl")
@@ -217,11 +209,8 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
                   progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
     if remote is not None:
         remote.close()
-    planned = {episode_key(it) for it in items}  # this run's episodes, whenever they were run
-    summary = summarize(r for r in store.records() if episode_key(r) in planned)
+    summary = summarize_planned(store, items, out)
     print_summary(summary, console)
-    for e in summary:
-        save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
     return summary
 
 

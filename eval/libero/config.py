@@ -24,6 +24,24 @@ def default_cache_dir() -> str:
     return os.environ.get("VLA_TTQ_CACHE", str(Path.home() / ".cache" / "vla_ttq"))
 
 
+def _checked_tasks(tasks, what: str) -> tuple[int, ...] | None:
+    """``tasks`` as sorted unique ids (None: every task); the suite's range is checked when planning."""
+    if tasks is None:
+        return None
+    ids = tuple(sorted({int(t) for t in tasks}))
+    if not ids or min(ids) < 0:
+        raise ValueError(f"{what} must be non-negative task ids, got {ids}")
+    return ids
+
+
+def _check_counts(prefix: str, episodes: int, max_steps: int | None) -> None:
+    """Episodes per task and step limit of an evaluation (prefix "") or of AWQ calibration."""
+    if not 1 <= episodes <= 50:
+        raise ValueError(f"{prefix}episodes must be in 1..50 (LIBERO has 50 init states per task), got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"{prefix}max_steps must be >= 1, got {max_steps}")
+
+
 @dataclass
 class CalibConfig:
     """How AWQ statistics are collected: full-precision rollouts of one suite in the simulator."""
@@ -39,16 +57,8 @@ class CalibConfig:
     def validate(self) -> None:
         if self.suite is not None:
             protocol.suite_names(self.suite)
-        if self.episodes < 1:
-            raise ValueError(f"calibration episodes must be >= 1, got {self.episodes}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"calibration max_steps must be >= 1, got {self.max_steps}")
-        if self.tasks is not None:
-            self.tasks = tuple(sorted({int(t) for t in self.tasks}))
-            if not self.tasks or min(self.tasks) < 0:
-                raise ValueError(f"calibration tasks must be non-negative task ids, got {self.tasks}")
-        if self.episodes > 50:
-            raise ValueError(f"calibration episodes must be <= 50 (init states per task), got {self.episodes}")
+        _check_counts("calibration ", self.episodes, self.max_steps)
+        self.tasks = _checked_tasks(self.tasks, "calibration tasks")
 
 
 @dataclass
@@ -87,16 +97,8 @@ class EvalConfig:
         protocol.suite_names(self.suite)
         self.quant.validate()
         self.calib.validate()
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
-        if self.episodes > 50:
-            raise ValueError(f"episodes must be <= 50 (LIBERO has 50 init states per task), got {self.episodes}")
-        if self.tasks is not None:
-            self.tasks = tuple(sorted({int(t) for t in self.tasks}))
-            if not self.tasks or min(self.tasks) < 0:
-                raise ValueError(f"tasks must be non-negative task ids, got {self.tasks}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        _check_counts("", self.episodes, self.max_steps)
+        self.tasks = _checked_tasks(self.tasks, "tasks")
         if self.num_steps_wait < 0:
             raise ValueError(f"num_steps_wait must be >= 0, got {self.num_steps_wait}")
         if self.camera_res < 16:
@@ -144,7 +146,7 @@ class EvalConfig:
         return Path(self.cache_dir or default_cache_dir()).expanduser()
 
     def torch_device(self) -> str:
-        if self.device != "auto":
+        if self.device not in (None, "auto"):  # (None: a YAML's `device: null`)
             return self.device
         import torch
 

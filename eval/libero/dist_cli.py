@@ -18,27 +18,19 @@ from .config import EvalConfig
 log = logging.getLogger(__name__)
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import _int_in
+
     d = p.add_argument_group("grid and distributed evaluation (Ray)")
     d.add_argument("--grid", default=None,
                    help="grid YAML of named runs (configs/table13.yaml); other flags override every run")
-    d.add_argument("--workers", type=_positive, default=None,
+    d.add_argument("--workers", type=_int_in(1), default=None,
                    help="Ray workers (one GPU each when the cluster has GPUs); default: one per GPU, or 1")
     d.add_argument("--ray-address", default=None,
                    help="join a running Ray cluster ('auto' or host:port) instead of starting a local one")
-    d.add_argument("--chunk-size", type=_positive, default=None,
+    d.add_argument("--chunk-size", type=_int_in(1), default=None,
                    help="episodes per work item sent to a worker (default: --n-envs, one wave)")
-    d.add_argument("--max-failures", type=int, default=None,
+    d.add_argument("--max-failures", type=_int_in(0), default=None,
                    help="lost workers replaced before giving up (default: as many as workers)")
 
 
@@ -85,7 +77,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .distributed import init_ray, run_distributed
     from .grid import format_plan, plan_grid, plan_table
     from .results import ResultsStore
-    from .summary import save_summary, summarize
+    from .summary import summarize_planned
 
     try:
         configs, out, explicit_device = configs_from_args(args)
@@ -118,10 +110,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     finally:
         if started:
             ray.shutdown()
-    hashes = {cfg.result_hash(s) for cfg in configs.values() for s in cfg.suites()}
-    summary = summarize(r for r in store.records() if r["config_hash"] in hashes)
-    for e in summary:
-        save_summary(e, out / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
+    # the episodes of this grid (as cli.run does), not every record of its configs
+    summary = summarize_planned(store, [it for items in plan_grid(configs).values() for it in items], out)
     print(grid_matrix(configs, summary))
     print(f"{report.written} episodes written, {report.skipped} already done, {report.worker_failures} workers lost "
           f"({report.requeued_items} episodes re-run), {report.wall_s:.0f} s -> {store.path}")

@@ -53,6 +53,16 @@ def suite_tasks(suite: str) -> tuple[tuple[str, str], ...]:
     return tuple((bench.get_task(i).name, bench.get_task(i).language) for i in range(bench.n_tasks))
 
 
+def task_ids(suite: str, tasks: tuple[int, ...] | None, what: str = "task") -> list[int]:
+    """``tasks`` checked against ``suite``'s range, or every task of the suite (None)."""
+    n = len(suite_tasks(suite))
+    ids = list(range(n)) if tasks is None else list(tasks)
+    bad = [t for t in ids if t >= n]
+    if bad:
+        raise ValueError(f"{what} id(s) {bad} out of range for suite {suite!r} (0..{n - 1})")
+    return ids
+
+
 def plan_items(cfg: EvalConfig) -> list[EpisodeItem]:
     """All items of a run in order: suite by suite, task by task, episode by episode."""
     q = cfg.quant
@@ -60,12 +70,8 @@ def plan_items(cfg: EvalConfig) -> list[EpisodeItem]:
     items = []
     for suite in cfg.suites():
         tasks = suite_tasks(suite)
-        ids = list(range(len(tasks))) if cfg.tasks is None else list(cfg.tasks)
-        bad = [t for t in ids if t >= len(tasks)]
-        if bad:
-            raise ValueError(f"task id(s) {bad} out of range for suite {suite!r} (0..{len(tasks) - 1})")
         h = cfg.result_hash(suite)
-        for t in ids:
+        for t in task_ids(suite, cfg.tasks):
             for e in range(cfg.episodes):
                 items.append(EpisodeItem(
                     suite=suite, task_id=t, episode=e, seed=episode_seed(cfg.seed, t, e), config_hash=h,
@@ -78,4 +84,4 @@ def plan_items(cfg: EvalConfig) -> list[EpisodeItem]:
     return items
 
 
-__all__ = ["EpisodeItem", "plan_items", "episode_seed", "suite_tasks"]
+__all__ = ["EpisodeItem", "plan_items", "episode_seed", "suite_tasks", "task_ids"]

@@ -64,6 +64,19 @@ def print_summary(summary: list[dict], console=None) -> None:
         console.print(table)
 
 
+def summarize_planned(store, items, out: str | Path) -> list[dict]:
+    """Summaries of the planned ``items`` found in ``store`` (whenever they were run), each saved as
+    OUT/summaries/SUITE-HASH.json. Records of the same config outside the plan (say, a longer
+    earlier run) are left out, so the numbers are those of the run that was asked for."""
+    from .results import episode_key
+
+    planned = {episode_key(it) for it in items}
+    summary = summarize(r for r in store.records() if episode_key(r) in planned)
+    for e in summary:
+        save_summary(e, Path(out) / "summaries" / f"{e['suite']}-{e['config_hash']}.json")
+    return summary
+
+
 def save_summary(summary: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,4 +86,4 @@ def save_summary(summary: list[dict], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["summarize", "print_summary", "save_summary", "method_label"]
+__all__ = ["summarize", "summarize_planned", "print_summary", "save_summary", "method_label"]
