@@ -96,7 +96,11 @@ class TTQLinear(nn.Module):
         w = self.master_weight(device)
         if self.lr_b is None:
             return w
-        return w.float() - self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
+        # float32 W - BA with one full-size temporary: BA, negated and W added in place. -(BA) + W
+        # is exactly W - BA in IEEE arithmetic, and add_ reads W (bf16 or fp32) converted to float32
+        # on the fly, so the result is bit-identical to w.float() - BA without W's float32 copy.
+        ba = self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
+        return ba.neg_().add_(w)
 
     # --- full-precision master on the host ------------------------------------------------
     @property
