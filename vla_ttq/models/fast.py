@@ -26,7 +26,7 @@ path (which calibrates, layer by layer) and the sampler then refreshes its copie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -38,20 +38,6 @@ from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
 
 WEIGHT_MODES = ("dense", "packed")
-
-
-def _slot_inputs(module: TTQLinear, x: torch.Tensor) -> list[torch.Tensor]:
-    """The activation(s) one TTQ layer calibrates on (one per batch slot with stats_scope='sample')."""
-    if module.cfg.stats_scope == "sample" and x.dim() >= 3 and x.shape[0] > 1:
-        return list(x.unbind(0))
-    return [x]
-
-
-def _per_slot(module: TTQLinear, x: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-    xs = _slot_inputs(module, x)
-    if len(xs) == 1:
-        return fn(x, 0)
-    return torch.stack([fn(xi, i) for i, xi in enumerate(xs)])
 
 
 class _Linear:
@@ -137,16 +123,16 @@ class _Linear:
         if self.kind == "ttq_call":
             backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
             if backend != "reference":  # a kernel backend's one-pass quantize + low-bit matmul
-                return _per_slot(m, x, lambda xi, i: m._forward_one(xi, i, backend))
-            return _per_slot(m, x, lambda xi, _: ttq_call_forward(m, xi))
+                return m.per_slot(x, lambda xi, i: m._forward_one(xi, i, backend))
+            return m.per_slot(x, lambda xi, _: ttq_call_forward(m, xi))
         if self.dense is not None:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            return _per_slot(m, x, lambda xi, i: F.linear(xi, self.dense[i], bias))
+            return m.per_slot(x, lambda xi, i: F.linear(xi, self.dense[i], bias))
         if self.packed is None:
             raise RuntimeError(f"TTQ layer '{m.name}' has no episode calibration yet")
         backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
-        return _per_slot(m, x, lambda xi, i: kernels.quant_matmul(xi, self.packed[i][0], self.packed[i][1],
-                                                                  m.lowrank, m.bias, backend=backend))
+        return m.per_slot(x, lambda xi, i: kernels.quant_matmul(xi, self.packed[i][0], self.packed[i][1],
+                                                                 m.lowrank, m.bias, backend=backend))
 
 
 def kernels_effective(module: QuantLinear) -> torch.Tensor:
