@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
-from ..quant.modules import QuantLinear, TTQLinear
+from ..quant.modules import QuantLinear, TTQLinear, dense_effective_weight
 from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
 
@@ -55,7 +55,7 @@ class _Linear:
         elif isinstance(module, QuantLinear):
             self.kind = "quant"
             if weights == "dense":
-                self.dense = [self._owned(kernels_effective(module).to(dtype))]
+                self.dense = [self._owned(dense_effective_weight(module).to(dtype))]
         elif isinstance(module, TTQLinear):
             self.kind = "ttq_call" if module.cfg.recompute == "call" else "ttq_episode"
             self.slots = slots if module.cfg.stats_scope == "sample" else 1
@@ -99,10 +99,8 @@ class _Linear:
             else:
                 for dst, src in zip(self.dense, new):
                     dst.copy_(src)
-            self._synced = entries
-            return
-        if self.packed is None:
-            self.packed = [(packed, s) for packed, s in entries]  # first calibration: adopt its tensors
+        elif self.packed is None:
+            self.packed = list(entries)  # first calibration: adopt its tensors
         else:
             for (dst, ds), (src, ss) in zip(self.packed, entries):
                 for a, b in ((dst.data, src.data), (dst.scale, src.scale), (dst.zero, src.zero), (ds, ss)):
@@ -133,12 +131,6 @@ class _Linear:
         backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
         return m.per_slot(x, lambda xi, i: kernels.quant_matmul(xi, self.packed[i][0], self.packed[i][1],
                                                                  m.lowrank, m.bias, backend=backend))
-
-
-def kernels_effective(module: QuantLinear) -> torch.Tensor:
-    """Dense float32 weight a static quantized layer applies (dequantized once, at build)."""
-    w = module.packed.dequantize()
-    return w if module.col_scale is None else w / module.col_scale
 
 
 def ttq_episode_dense(module: TTQLinear, packed, col_scale: torch.Tensor) -> torch.Tensor:
