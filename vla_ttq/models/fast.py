@@ -342,12 +342,12 @@ class FastSampler:
         self.dt = dt
         self.mods: list[list[tuple]] = []
         width = m.action_in_proj.out_features
+        norms = [n for layer in m.expert.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        norms.append(m.expert.norm)
         for step in range(self.num_steps):
             t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=self.device)
             emb = sinusoidal_time_embedding(t, width, cfg.min_period, cfg.max_period)
             cond = F.silu(m.time_mlp_out(F.silu(m.time_mlp_in(emb))))
-            norms = [n for layer in m.expert.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-            norms.append(m.expert.norm)
             per = []
             for n in norms:
                 mod = n.dense(cond.to(n.dense.weight.dtype)).unsqueeze(1)
