@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
+from .reference import lowrank_term
 
 GEMV_MAX_M = 8
 DOT_MAX_M = 64
@@ -230,8 +231,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
         wt = dequantize_t(packed, cs, x.dtype)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
         if lowrank is not None:
-            b, a = lowrank
-            y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
+            y = y + lowrank_term(x2, lowrank)
         return y.reshape(*lead, N)
     t = lr_b = None
     if lowrank is not None:

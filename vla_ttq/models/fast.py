@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..kernels.reference import lowrank_term
 from ..quant.modules import QuantLinear, TTQLinear, dense_effective_weight
 from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
@@ -148,9 +149,7 @@ def ttq_call_forward(module: TTQLinear, x: torch.Tensor) -> torch.Tensor:
     is lossless, so it is skipped); the finiteness check (a sync) is left out."""
     w_hat, s = module.requantize(x)
     y = F.linear(x, (w_hat / s).to(x.dtype), module.bias)
-    if module.lr_b is not None:
-        y = y + F.linear(F.linear(x, module.lr_a.to(x.dtype)), module.lr_b.to(x.dtype))
-    return y
+    return y if module.lowrank is None else y + lowrank_term(x, module.lowrank)
 
 
 @dataclass
