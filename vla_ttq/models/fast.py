@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
-from ..kernels.reference import lowrank_term
+from ..kernels.reference import effective_weight, lowrank_term
 from ..quant.modules import QuantLinear, TTQLinear, dense_effective_weight
 from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
@@ -136,7 +136,7 @@ class _Linear:
 
 def ttq_episode_dense(module: TTQLinear, packed, col_scale: torch.Tensor) -> torch.Tensor:
     """Dense float32 weight of one episode calibration, the low-rank part folded in: BA + Q[(W-BA)s]/s."""
-    w = packed.dequantize() / col_scale
+    w = effective_weight(packed, col_scale)
     if module.lr_b is not None:
         w = w + module.lr_b.float() @ module.lr_a.float()
     return w

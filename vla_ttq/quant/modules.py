@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
+from ..kernels.reference import effective_weight
 from .groupwise import check_finite, check_group, quantize_groupwise
 from .methods import lowrank_factors
 from .packing import SCALE_DTYPES, PackedWeight
@@ -189,8 +190,7 @@ class TTQLinear(nn.Module):
 def dense_effective_weight(module: nn.Module) -> torch.Tensor:
     """The float32 weight a static quantized module applies (for tests and reports)."""
     if isinstance(module, QuantLinear):
-        w = module.packed.dequantize()
-        return w if module.col_scale is None else w / module.col_scale
+        return effective_weight(module.packed, module.col_scale)
     if isinstance(module, nn.Linear):
         return module.weight.float()
     raise TypeError(f"no static effective weight for {type(module).__name__}")
