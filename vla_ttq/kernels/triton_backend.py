@@ -26,6 +26,7 @@ from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
 from .reference import lowrank_term
 
+PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
@@ -227,6 +228,8 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
     path = path or path_for(M, N, K)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
         wt = dequantize_t(packed, cs, x.dtype)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
