@@ -104,8 +104,10 @@ class _Linear:
             self.packed = list(entries)  # first calibration: adopt its tensors
         else:
             for (dst, ds), (src, ss) in zip(self.packed, entries):
-                for a, b in ((dst.data, src.data), (dst.scale, src.scale), (dst.zero, src.zero), (ds, ss)):
-                    a.copy_(b)
+                src_tensors = src.tensors()  # a backend's own layout too (torch_int4, Marlin), not just the codes
+                for name, t in dst.tensors().items():
+                    t.copy_(src_tensors[name])
+                ds.copy_(ss)
             for i in range(self.slots):  # the module keeps the graph's tensors: no second copy
                 m._cache[i] = self.packed[i]
         self._synced = [m._cache[i] for i in range(self.slots)]

@@ -216,8 +216,7 @@ def offload_ttq_masters(model: nn.Module, pin_memory: bool = True) -> int:
 
 def _copy_entry(entry: tuple) -> tuple:
     packed, s = entry
-    fields = {f: getattr(packed, f).clone() for f in ("data", "scale", "zero")}
-    return dataclasses.replace(packed, **fields), s.clone()
+    return dataclasses.replace(packed, **{k: t.clone() for k, t in packed.tensors().items()}), s.clone()
 
 
 def ttq_state(model: nn.Module) -> dict[str, dict]:
