@@ -350,3 +350,16 @@ def test_targets_are_judged_from_the_rows():
     assert mem["block_linears_reduction"] == pytest.approx(1 - 1.4 / 4.6) and mem["met"] is False
     assert mem["whole_model_reduction"] == pytest.approx(0.5)
     assert t["GPU weight memory >= 70 % smaller at W2, LM+expert (TTQ W2 host-master)"]["met"] is None
+
+
+def test_weight_bytes_count_a_backends_layout_copy(derived_backend):
+    """Device memory of a TTQ layer includes every tensor of its calibration, the backend's copy too."""
+    from vla_ttq.bench.measure import weight_bytes
+
+    m = TTQLinear(torch.nn.Linear(64, 32, bias=False),
+                  QuantConfig(method="ttq", bits=4, group=32, recompute="episode", backend=derived_backend))
+    m(torch.randn(3, 64))
+    packed, s = m._cache[0]
+    want = sum(t.untyped_storage().nbytes() for t in (m.weight, *packed.tensors().values(), s))
+    assert packed.derived is not None
+    assert weight_bytes(torch.nn.Sequential(m), [], torch.device("cpu"))["weights"] == want
