@@ -13,6 +13,7 @@ M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bu
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -53,9 +54,15 @@ def _tk():
     return _MODULE[0]
 
 
+@functools.cache
+def triton_installed() -> bool:
+    """Looked up once: "auto" asks on every layer call, and a module search costs ~30 µs."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def is_available(device: torch.device, bits: int, group: int) -> bool:
     """CUDA, or CPU under the Triton interpreter (tests); planar layout needs group % 32 == 0."""
-    if group % 32 or not 1 <= bits <= 8 or importlib.util.find_spec("triton") is None:
+    if group % 32 or not 1 <= bits <= 8 or not triton_installed():
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
