@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -19,6 +20,8 @@ from vla_ttq.models.tiny import build_random_model, make_tiny_checkpoint, tiny_c
 from vla_ttq.models import load_policy
 from vla_ttq.quant import offload_ttq_masters, quantize_, reset_ttq
 from vla_ttq.quant.modules import TTQLinear
+from vla_ttq.quant.packing import PackedWeight
+from vla_ttq.kernels import reference
 
 B = 2
 
@@ -261,13 +264,46 @@ def test_policy_fast_sampler_same_actions(tmp_path):
     assert next(iter(fast._samplers.values())).calibrations == 2
 
 
-@pytest.mark.parametrize("weights", ["dense", "packed"])
-def test_sampler_follows_swapped_ttq_states(root, weights):
+@dataclasses.dataclass
+class _DerivedPackedWeight(PackedWeight):
+    """Like torch_int4's / Marlin's weights: the matmul reads a copy in the backend's own layout
+    (here the dequantized weight), made from the codes at pack time."""
+
+    derived: torch.Tensor | None = None
+
+
+def _derived_pack(*args):
+    p = reference.quantize_pack(*args)
+    return _DerivedPackedWeight(p.data, p.scale, p.zero, p.bits, p.group, p.shape, p.dequantize())
+
+
+def _derived_matmul(x, packed, col_scale=None, lowrank=None, bias=None):
+    y = torch.nn.functional.linear(x, (packed.derived / col_scale).to(x.dtype), bias)
+    return y if lowrank is None else y + reference.lowrank_term(x, lowrank)
+
+
+@pytest.fixture
+def derived_backend(monkeypatch):
+    """A backend "derived" (explicit use only), registered for one test."""
+    from vla_ttq.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_BACKENDS", dict(dispatch._BACKENDS))
+    monkeypatch.setattr(dispatch, "_AUTO_ORDER", list(dispatch._AUTO_ORDER))
+    dispatch.register_backend("derived", lambda device, bits, group: True, _derived_matmul, _derived_pack,
+                              auto_ok=lambda device: False)
+    return "derived"
+
+
+@pytest.mark.parametrize("weights,backend", [("dense", "auto"), ("packed", "auto"), ("packed", "derived")])
+def test_sampler_follows_swapped_ttq_states(root, weights, backend, request):
     """A server keeps one calibration per client (ttq_state / load_ttq_state); the sampler must serve
-    the one loaded, and refreshing its graph copies in place must not alter a saved snapshot."""
+    the one loaded, and refreshing its graph copies in place must not alter a saved snapshot. With
+    "derived", the backend's weight holds a layout copy beyond the codes, which must follow too."""
     from vla_ttq.quant import load_ttq_state, ttq_state
 
-    r = _ttq(root, stats_scope="batch")
+    if backend == "derived":
+        request.getfixturevalue("derived_backend")
+    r = _ttq(root, stats_scope="batch", backend=backend)
     model, length = r.model, root.model.config.tokenizer_max_length
     a, b, probe = _inputs(model.config, 11), _inputs(model.config, 12), _inputs(model.config, 13)
     sampler = FastSampler(model, B, 2, length, weights=weights)
@@ -278,6 +314,9 @@ def test_sampler_follows_swapped_ttq_states(root, weights):
     sampler(*b)  # client B's episode starts
     want_b = model.sample_actions(*probe)
     state_b = ttq_state(r)
+    fresh = _ttq(root, stats_scope="batch", backend=backend).model  # B's calibration made from scratch
+    fresh.sample_actions(*b)
+    _close(want_b, fresh.sample_actions(*probe))  # the in-place refresh left nothing of A behind
     load_ttq_state(r, state_a)
     _close(sampler(*probe), want_a)
     load_ttq_state(r, state_b)
@@ -311,3 +350,16 @@ def test_targets_are_judged_from_the_rows():
     assert mem["block_linears_reduction"] == pytest.approx(1 - 1.4 / 4.6) and mem["met"] is False
     assert mem["whole_model_reduction"] == pytest.approx(0.5)
     assert t["GPU weight memory >= 70 % smaller at W2, LM+expert (TTQ W2 host-master)"]["met"] is None
+
+
+def test_weight_bytes_count_a_backends_layout_copy(derived_backend):
+    """Device memory of a TTQ layer includes every tensor of its calibration, the backend's copy too."""
+    from vla_ttq.bench.measure import weight_bytes
+
+    m = TTQLinear(torch.nn.Linear(64, 32, bias=False),
+                  QuantConfig(method="ttq", bits=4, group=32, recompute="episode", backend=derived_backend))
+    m(torch.randn(3, 64))
+    packed, s = m._cache[0]
+    want = sum(t.untyped_storage().nbytes() for t in (m.weight, *packed.tensors().values(), s))
+    assert packed.derived is not None
+    assert weight_bytes(torch.nn.Sequential(m), [], torch.device("cpu"))["weights"] == want

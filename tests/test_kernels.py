@@ -187,6 +187,9 @@ def test_path_rule_follows_m_and_layer_size():
     with pytest.raises(ValueError, match="at most"):
         triton_backend.quant_matmul(rand(20, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
                                     path="gemv")
+    with pytest.raises(ValueError, match="path must be one of"):  # a typo must not silently run the GEMV
+        triton_backend.quant_matmul(rand(2, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
+                                    path="gemm")
 
 
 def test_auto_never_picks_the_interpreter_and_overrides_are_checked():

@@ -88,16 +88,13 @@ def main(argv=None) -> dict:
             console.print(f"[yellow]lerobot not importable ({why}); no ratio[/yellow]")
         checkpoint()
 
-    groups: dict[tuple, list] = {}
-    for m in modes:
-        groups.setdefault(m.group, []).append(m)
+    def add_rows(rows: list[dict]) -> None:
+        result["rows"] += rows
+        checkpoint()  # partial results survive a time limit
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("benchmark", total=len(modes) * len(settings.batch_sizes))
-        for group in groups.values():
-            progress.update(task, description=group[0].name)
-            result["rows"] += runner.run_group(group, lambda: progress.advance(task))
-            checkpoint()  # partial results survive a time limit
+        runner.run(modes, progress, on_rows=add_rows)
     checkpoint()
     print_table(result["rows"], console)
     json_path, md_path = save(result, args.out, stem)

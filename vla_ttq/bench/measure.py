@@ -51,12 +51,13 @@ def module_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
     """Every tensor a module keeps for its weight: parameters, buffers, TTQ episode calibrations."""
     yield from (t for t in module._parameters.values() if t is not None)
     yield from (t for t in module._buffers.values() if t is not None)
+    # packed weights with every tensor a backend keeps (torch_int4's / Marlin's layout copies too)
     if isinstance(module, TTQLinear):
         for packed, s in module._cache.values():
-            yield from (packed.data, packed.scale, packed.zero, s)
-    prepared = getattr(module, "_prepared", None)  # a kernel backend's copy of a static layer's codes
-    if isinstance(module, QuantLinear) and prepared is not None:
-        yield from (prepared[1].data, prepared[1].scale, prepared[1].zero)
+            yield from packed.tensors().values()
+            yield s
+    if isinstance(module, QuantLinear) and module._prepared is not None:  # a backend's copy of the codes
+        yield from module._prepared[1].tensors().values()
 
 
 class ByteCounter:

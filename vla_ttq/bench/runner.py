@@ -209,19 +209,20 @@ class Runner:
         return out
 
     # --- all ---------------------------------------------------------------------------------
-    def run(self, modes: list[BenchMode], progress=None) -> list[dict]:
+    def run(self, modes: list[BenchMode], progress=None,
+            on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Every mode, one group (one prepared model) at a time; ``progress``: a rich Progress to
+        advance; ``on_rows(rows)`` after each group (e.g. to save partial results)."""
         groups: dict[tuple, list[BenchMode]] = {}
         for m in modes:
             groups.setdefault(m.group, []).append(m)
-        total = len(modes) * len(self.s.batch_sizes)
+        task = None if progress is None else progress.add_task("benchmark", total=len(modes) * len(self.s.batch_sizes))
         rows: list[dict] = []
-        if progress is None:
-            advance = lambda: None  # noqa: E731
-            for g in groups.values():
-                rows += self.run_group(g, advance)
-            return rows
-        task = progress.add_task("benchmark", total=total)
         for g in groups.values():
-            progress.update(task, description=g[0].name)
-            rows += self.run_group(g, lambda: progress.advance(task))
+            if task is not None:
+                progress.update(task, description=g[0].name)
+            group_rows = self.run_group(g, (lambda: None) if task is None else (lambda: progress.advance(task)))
+            rows += group_rows
+            if on_rows is not None:
+                on_rows(group_rows)
         return rows

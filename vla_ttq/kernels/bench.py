@@ -96,10 +96,6 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).norm() / ref.norm())
 
 
-def clone_packed(p):
-    return type(p)(p.data.clone(), p.scale.clone(), p.zero.clone(), p.bits, p.group, p.shape)
-
-
 def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
     dev = DEV
     g = torch.Generator(device=dev).manual_seed(N * 7 + K)
@@ -112,7 +108,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
               "W2": N * K // 4 + 4 * N * G + 4 * K}
     packed = {b: triton_backend.quantize_pack(w, cs, b, group) for b in (4, 2)}
     w_copies = [w] + [w.clone() for _ in range(n_copies(nbytes["bf16"], l2) - 1)]
-    pk_copies = {b: [packed[b]] + [clone_packed(packed[b]) for _ in range(n_copies(nbytes[f"W{b}"], l2) - 1)]
+    pk_copies = {b: [packed[b]] + [packed[b].clone() for _ in range(n_copies(nbytes[f"W{b}"], l2) - 1)]
                  for b in (4, 2)}
     i4 = torch_int4.prepare(reference.quantize_pack(w, None, 4, group))
     i4_copies = [i4] + [torch_int4.Int4PackedWeight(i4.data, i4.scale, i4.zero, 4, group, i4.shape, i4.int4pack.clone(),
@@ -184,7 +180,7 @@ def sweep(N, K, M, bits, group, bw, l2):
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5
     packed = triton_backend.quantize_pack(w, cs, bits, group)
-    copies = [packed] + [clone_packed(packed) for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+    copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
     use_dot = M > triton_backend.GEMV_MAX_M
     out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)  # sweeps the split-K kernel of that M

@@ -37,8 +37,8 @@ _AUTO_ORDER: list[str] = ["reference"]
 def register_backend(name: str, is_available, matmul, pack, prefer: bool = False,
                      prepare=None, auto_ok=None) -> None:
     """Add a backend; ``prefer`` puts it first in the auto order, else just before 'reference'."""
-    _BACKENDS[name] = Backend(is_available, matmul, pack, prepare or (lambda packed: packed),
-                              auto_ok or (lambda device: True))
+    optional = {k: v for k, v in (("prepare", prepare), ("auto_ok", auto_ok)) if v is not None}
+    _BACKENDS[name] = Backend(is_available, matmul, pack, **optional)  # Backend's defaults otherwise
     if name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(0 if prefer else len(_AUTO_ORDER) - 1, name)
 

@@ -36,10 +36,13 @@ def quant_matmul(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     y = F.linear(x, effective_weight(packed, col_scale).to(x.dtype), bias)
-    if lowrank is not None:
-        b, a = lowrank
-        y = y + F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
-    return y
+    return y if lowrank is None else y + lowrank_term(x, lowrank)
+
+
+def lowrank_term(x: torch.Tensor, lowrank: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(x Aᵀ) Bᵀ in x's dtype: the full-precision low-rank part that every backend adds."""
+    b, a = lowrank
+    return F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
 
 
 def prescaled_gemm(x: torch.Tensor, n_out: int, gemm, col_scale: torch.Tensor | None = None,
@@ -52,8 +55,7 @@ def prescaled_gemm(x: torch.Tensor, n_out: int, gemm, col_scale: torch.Tensor | 
     xs = x2 if col_scale is None else x2 / col_scale.to(x2.dtype)
     y = gemm(xs).to(x.dtype)
     if lowrank is not None:
-        b, a = lowrank
-        y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
+        y = y + lowrank_term(x2, lowrank)
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.reshape(*lead, n_out)

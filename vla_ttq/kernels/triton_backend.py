@@ -13,6 +13,7 @@ M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bu
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -24,7 +25,9 @@ import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
+from .reference import lowrank_term
 
+PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
@@ -51,9 +54,15 @@ def _tk():
     return _MODULE[0]
 
 
+@functools.cache
+def triton_installed() -> bool:
+    """Looked up once: "auto" asks on every layer call, and a module search costs ~30 µs."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def is_available(device: torch.device, bits: int, group: int) -> bool:
     """CUDA, or CPU under the Triton interpreter (tests); planar layout needs group % 32 == 0."""
-    if group % 32 or not 1 <= bits <= 8 or importlib.util.find_spec("triton") is None:
+    if group % 32 or not 1 <= bits <= 8 or not triton_installed():
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
@@ -226,12 +235,13 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
     path = path or path_for(M, N, K)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
         wt = dequantize_t(packed, cs, x.dtype)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
         if lowrank is not None:
-            b, a = lowrank
-            y = y + F.linear(F.linear(x2, a.to(x.dtype)), b.to(x.dtype))
+            y = y + lowrank_term(x2, lowrank)
         return y.reshape(*lead, N)
     t = lr_b = None
     if lowrank is not None:

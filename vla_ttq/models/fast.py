@@ -26,32 +26,19 @@ path (which calibrates, layer by layer) and the sampler then refreshes its copie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
-from ..quant.modules import QuantLinear, TTQLinear
+from ..kernels.reference import effective_weight, lowrank_term
+from ..quant.modules import QuantLinear, TTQLinear, dense_effective_weight
 from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
 from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
 
 WEIGHT_MODES = ("dense", "packed")
-
-
-def _slot_inputs(module: TTQLinear, x: torch.Tensor) -> list[torch.Tensor]:
-    """The activation(s) one TTQ layer calibrates on (one per batch slot with stats_scope='sample')."""
-    if module.cfg.stats_scope == "sample" and x.dim() >= 3 and x.shape[0] > 1:
-        return list(x.unbind(0))
-    return [x]
-
-
-def _per_slot(module: TTQLinear, x: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-    xs = _slot_inputs(module, x)
-    if len(xs) == 1:
-        return fn(x, 0)
-    return torch.stack([fn(xi, i) for i, xi in enumerate(xs)])
 
 
 class _Linear:
@@ -69,7 +56,7 @@ class _Linear:
         elif isinstance(module, QuantLinear):
             self.kind = "quant"
             if weights == "dense":
-                self.dense = [self._owned(kernels_effective(module).to(dtype))]
+                self.dense = [self._owned(dense_effective_weight(module).to(dtype))]
         elif isinstance(module, TTQLinear):
             self.kind = "ttq_call" if module.cfg.recompute == "call" else "ttq_episode"
             self.slots = slots if module.cfg.stats_scope == "sample" else 1
@@ -113,14 +100,14 @@ class _Linear:
             else:
                 for dst, src in zip(self.dense, new):
                     dst.copy_(src)
-            self._synced = entries
-            return
-        if self.packed is None:
-            self.packed = [(packed, s) for packed, s in entries]  # first calibration: adopt its tensors
+        elif self.packed is None:
+            self.packed = list(entries)  # first calibration: adopt its tensors
         else:
             for (dst, ds), (src, ss) in zip(self.packed, entries):
-                for a, b in ((dst.data, src.data), (dst.scale, src.scale), (dst.zero, src.zero), (ds, ss)):
-                    a.copy_(b)
+                src_tensors = src.tensors()  # a backend's own layout too (torch_int4, Marlin), not just the codes
+                for name, t in dst.tensors().items():
+                    t.copy_(src_tensors[name])
+                ds.copy_(ss)
             for i in range(self.slots):  # the module keeps the graph's tensors: no second copy
                 m._cache[i] = self.packed[i]
         self._synced = [m._cache[i] for i in range(self.slots)]
@@ -137,27 +124,21 @@ class _Linear:
         if self.kind == "ttq_call":
             backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
             if backend != "reference":  # a kernel backend's one-pass quantize + low-bit matmul
-                return _per_slot(m, x, lambda xi, i: m._forward_one(xi, i, backend))
-            return _per_slot(m, x, lambda xi, _: ttq_call_forward(m, xi))
+                return m.per_slot(x, lambda xi, i: m._forward_one(xi, i, backend))
+            return m.per_slot(x, lambda xi, _: ttq_call_forward(m, xi))
         if self.dense is not None:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            return _per_slot(m, x, lambda xi, i: F.linear(xi, self.dense[i], bias))
+            return m.per_slot(x, lambda xi, i: F.linear(xi, self.dense[i], bias))
         if self.packed is None:
             raise RuntimeError(f"TTQ layer '{m.name}' has no episode calibration yet")
         backend = kernels.select_backend(x.device, m.cfg.bits, m.cfg.group, m.cfg.backend)
-        return _per_slot(m, x, lambda xi, i: kernels.quant_matmul(xi, self.packed[i][0], self.packed[i][1],
-                                                                  m.lowrank, m.bias, backend=backend))
-
-
-def kernels_effective(module: QuantLinear) -> torch.Tensor:
-    """Dense float32 weight a static quantized layer applies (dequantized once, at build)."""
-    w = module.packed.dequantize()
-    return w if module.col_scale is None else w / module.col_scale
+        return m.per_slot(x, lambda xi, i: kernels.quant_matmul(xi, self.packed[i][0], self.packed[i][1],
+                                                                 m.lowrank, m.bias, backend=backend))
 
 
 def ttq_episode_dense(module: TTQLinear, packed, col_scale: torch.Tensor) -> torch.Tensor:
     """Dense float32 weight of one episode calibration, the low-rank part folded in: BA + Q[(W-BA)s]/s."""
-    w = packed.dequantize() / col_scale
+    w = effective_weight(packed, col_scale)
     if module.lr_b is not None:
         w = w + module.lr_b.float() @ module.lr_a.float()
     return w
@@ -170,9 +151,7 @@ def ttq_call_forward(module: TTQLinear, x: torch.Tensor) -> torch.Tensor:
     is lossless, so it is skipped); the finiteness check (a sync) is left out."""
     w_hat, s = module.requantize(x)
     y = F.linear(x, (w_hat / s).to(x.dtype), module.bias)
-    if module.lr_b is not None:
-        y = y + F.linear(F.linear(x, module.lr_a.to(x.dtype)), module.lr_b.to(x.dtype))
-    return y
+    return y if module.lowrank is None else y + lowrank_term(x, module.lowrank)
 
 
 @dataclass
@@ -364,12 +343,12 @@ class FastSampler:
         self.dt = dt
         self.mods: list[list[tuple]] = []
         width = m.action_in_proj.out_features
+        norms = [n for layer in m.expert.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        norms.append(m.expert.norm)
         for step in range(self.num_steps):
             t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=self.device)
             emb = sinusoidal_time_embedding(t, width, cfg.min_period, cfg.max_period)
             cond = F.silu(m.time_mlp_out(F.silu(m.time_mlp_in(emb))))
-            norms = [n for layer in m.expert.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-            norms.append(m.expert.norm)
             per = []
             for n in norms:
                 mod = n.dense(cond.to(n.dense.weight.dtype)).unsqueeze(1)

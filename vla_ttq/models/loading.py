@@ -109,11 +109,16 @@ def build_model(cfg: Pi05Config, weights: str | Path, dtype: torch.dtype = torch
     with safe_open(str(weights), framework="pt", device="cpu") as f:
         file_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         source = plan_load(file_shapes, cfg)
-        with torch.device("meta"):
-            root = Pi05Checkpoint(cfg)
-        state = {}
-        for key, fkey in source.items():
-            state[key] = f.get_tensor(fkey).to(device=device, dtype=param_dtype(key, dtype))
+        return build_from_tensors(cfg, ((key, f.get_tensor(fkey)) for key, fkey in source.items()), dtype, device)
+
+
+def build_from_tensors(cfg: Pi05Config, tensors, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> Pi05Checkpoint:
+    """Build the model on ``meta`` and attach ``(name, tensor)`` pairs, each moved to ``device`` in
+    the dtype lerobot gives that parameter (strictly checked: nothing may stay on ``meta``)."""
+    with torch.device("meta"):
+        root = Pi05Checkpoint(cfg)
+    state = {key: t.to(device=device, dtype=param_dtype(key, dtype)) for key, t in tensors}
     root.load_state_dict(state, strict=True, assign=True)
     del state
     left = [n for n, t in list(root.named_parameters()) + list(root.named_buffers()) if t.is_meta]

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import GemmaSpec, Pi05Config, VisionSpec
-from .loading import WEIGHTS_FILE, save_checkpoint
+from .loading import WEIGHTS_FILE, build_from_tensors, save_checkpoint
 from .pi05 import Pi05Checkpoint, param_dtype
 from .processing import DEFAULT_TOKENIZER
 
@@ -155,12 +155,11 @@ def build_random_model(cfg: Pi05Config, dtype: torch.dtype = torch.float32, devi
     Built on ``meta``, materialised one tensor at a time on the device in the dtype lerobot would
     give it (so a full-size model never passes through host memory), then :func:`randomize_`."""
     with torch.device("meta"):
-        root = Pi05Checkpoint(cfg)
-    state = {name: torch.empty(p.shape, dtype=param_dtype(name, dtype), device=device)
-             for name, p in root.named_parameters()}
-    root.load_state_dict(state, strict=True, assign=True)
+        shapes = [(name, p.shape) for name, p in Pi05Checkpoint(cfg).named_parameters()]
+    root = build_from_tensors(cfg, ((name, torch.empty(shape, dtype=param_dtype(name, dtype), device=device))
+                                    for name, shape in shapes), dtype, device)
     randomize_(root, seed)
-    return root.eval().requires_grad_(False)
+    return root
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, cfg: Pi05Config | None = None,

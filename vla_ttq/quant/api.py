@@ -7,7 +7,6 @@ statistics, collected with :func:`calibrate` (hooks on the same layers, any numb
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -214,18 +213,12 @@ def offload_ttq_masters(model: nn.Module, pin_memory: bool = True) -> int:
     return len(layers)
 
 
-def _copy_entry(entry: tuple) -> tuple:
-    packed, s = entry
-    fields = {f: getattr(packed, f).clone() for f in ("data", "scale", "zero")}
-    return dataclasses.replace(packed, **fields), s.clone()
-
-
 def ttq_state(model: nn.Module) -> dict[str, dict]:
     """Snapshot of every TTQ layer's episode calibration (to keep one per client in a server).
 
     The tensors are copied: a CUDA-graph runner (``vla_ttq.models.fast``) refreshes the live
     calibration in place, which must not change a snapshot taken earlier."""
-    return {n: {slot: _copy_entry(e) for slot, e in m._cache.items()}
+    return {n: {slot: (packed.clone(), s.clone()) for slot, (packed, s) in m._cache.items()}
             for n, m in model.named_modules() if isinstance(m, TTQLinear)}
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from .. import kernels
+from ..kernels.reference import effective_weight
 from .groupwise import check_finite, check_group, quantize_groupwise
 from .methods import lowrank_factors
 from .packing import SCALE_DTYPES, PackedWeight
@@ -96,7 +99,11 @@ class TTQLinear(nn.Module):
         w = self.master_weight(device)
         if self.lr_b is None:
             return w
-        return w.float() - self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
+        # float32 W - BA with one full-size temporary: BA, negated and W added in place. -(BA) + W
+        # is exactly W - BA in IEEE arithmetic, and add_ reads W (bf16 or fp32) converted to float32
+        # on the fly, so the result is bit-identical to w.float() - BA without W's float32 copy.
+        ba = self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
+        return ba.neg_().add_(w)
 
     # --- full-precision master on the host ------------------------------------------------
     @property
@@ -104,7 +111,7 @@ class TTQLinear(nn.Module):
         return self._host_master is not None
 
     def master_weight(self, device: torch.device | None = None) -> torch.Tensor:
-        w = self.weight if self._host_master is None else self._host_master
+        w = self.weight  # the host copy once offloaded (see __getattr__)
         return w if device is None else w.to(device, non_blocking=True)
 
     def offload_master(self, pin_memory: bool = True) -> None:
@@ -129,13 +136,17 @@ class TTQLinear(nn.Module):
             return self.__dict__["_host_master"]
         return super().__getattr__(name)
 
+    def _column_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """s = D(x)^½ per input channel (the TTQ scale of the paper, from this activation)."""
+        return column_scale(channel_stat(x, self.cfg.p), self.cfg.lam, self.cfg.alpha)
+
     def requantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized ``Q[(W - BA) s]`` (float32) and ``s = D(x)^½`` for activation ``x``.
 
         The same codes as the calibration below, without packing and without host syncs (no
         finiteness check), so it can run inside a captured CUDA graph."""
         cfg = self.cfg
-        s = column_scale(channel_stat(x, cfg.p), cfg.lam, cfg.alpha)
+        s = self._column_scale(x)
         q = quantize_groupwise(self.residual_weight(x.device).float() * s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
                                check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
         return q.dequantize(), s
@@ -144,7 +155,7 @@ class TTQLinear(nn.Module):
         cfg = self.cfg
         if cfg.check_finite:
             check_finite(x, "activation", self.name)
-        s = column_scale(channel_stat(x, cfg.p), cfg.lam, cfg.alpha)
+        s = self._column_scale(x)
         packed = kernels.quantize_pack(self.residual_weight(x.device), s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
                                        SCALE_DTYPES[cfg.scale_dtype], backend=backend)
         self.calibrations += 1
@@ -159,11 +170,16 @@ class TTQLinear(nn.Module):
             packed, s = self._calibrate(x, backend)
         return kernels.quant_matmul(x, packed, s, self.lowrank, self.bias, backend=backend)
 
+    def per_slot(self, x: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """``fn(x_slot, slot)`` for each batch slot with its own calibration (``stats_scope="sample"``
+        and a batched input), stacked; else ``fn(x, 0)`` once."""
+        if self.cfg.stats_scope == "sample" and x.dim() >= 3 and x.shape[0] > 1:
+            return torch.stack([fn(x[i], i) for i in range(x.shape[0])])
+        return fn(x, 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = kernels.select_backend(x.device, self.cfg.bits, self.cfg.group, self.cfg.backend)
-        if self.cfg.stats_scope == "sample" and x.dim() >= 3 and x.shape[0] > 1:
-            return torch.stack([self._forward_one(x[i], i, backend) for i in range(x.shape[0])])
-        return self._forward_one(x, 0, backend)
+        return self.per_slot(x, lambda xi, slot: self._forward_one(xi, slot, backend))
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -174,8 +190,7 @@ class TTQLinear(nn.Module):
 def dense_effective_weight(module: nn.Module) -> torch.Tensor:
     """The float32 weight a static quantized module applies (for tests and reports)."""
     if isinstance(module, QuantLinear):
-        w = module.packed.dequantize()
-        return w if module.col_scale is None else w / module.col_scale
+        return effective_weight(module.packed, module.col_scale)
     if isinstance(module, nn.Linear):
         return module.weight.float()
     raise TypeError(f"no static effective weight for {type(module).__name__}")

@@ -9,7 +9,7 @@ GPU kernels may repack this into their own layout; this one is the storage forma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -94,6 +94,15 @@ class PackedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_groupwise(self.codes(), self.scale, self.zero, self.group).to(dtype)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor field by name: the storage format's, plus the copies in a kernel's own layout
+        that a backend's subclass adds (all must be copied or refreshed together)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def clone(self) -> PackedWeight:
+        """A copy of every tensor (same class, same layout and strides)."""
+        return replace(self, **{name: t.clone() for name, t in self.tensors().items()})
 
     @property
     def nbytes(self) -> int:
