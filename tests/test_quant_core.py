@@ -216,3 +216,15 @@ def test_nan_and_inf_are_refused():
         ttq_qdq(rand(8, 32), x, 4, 32)
     with pytest.raises(ValueError, match="shrinkage lambda"):
         column_scale(torch.ones(4), lam=1.5, alpha=0.5)
+
+
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("s_dtype", [torch.float32, torch.float64])
+def test_scale_columns_is_exactly_the_float32_product(w_dtype, s_dtype):
+    from vla_ttq.quant.scaling import scale_columns
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(16, 64, generator=g).to(w_dtype)
+    s = (torch.rand(64, generator=g) * 4 + 0.01).to(s_dtype)
+    got, want = scale_columns(w, s), w.float() * s
+    assert got.dtype == want.dtype and torch.equal(got, want)

@@ -211,3 +211,13 @@ def test_report_command_prints_table(capsys, tmp_path):
     assert "| 2 |" in out and "TTQ r=4" in out
     with pytest.raises(SystemExit):
         report_main(["--pair", str(tmp_path / "nope.safetensors")])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_weight_is_exactly_w_minus_ba_in_float32(dtype):
+    """residual_weight builds W - BA in place from BA (fewer temporaries): the values must not move."""
+    lin = nn.Linear(128, 64).to(dtype)
+    layer = TTQLinear(lin, QuantConfig(method="ttq", bits=4, group=32, rank=8))
+    want = layer.weight.float() - layer.lr_b.float() @ layer.lr_a.float()
+    got = layer.residual_weight()
+    assert got.dtype == torch.float32 and torch.equal(got, want)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..quant.groupwise import quantize_groupwise
 from ..quant.packing import PackedWeight
+from ..quant.scaling import scale_columns
 
 
 def quantize_pack(
@@ -19,7 +20,7 @@ def quantize_pack(
     scale_dtype: torch.dtype = torch.float16,
 ) -> PackedWeight:
     """Pack ``Q[w * col_scale]`` (the online TTQ step, or the offline one of RTN/AWQ)."""
-    wf = w.float() if col_scale is None else w.float() * col_scale
+    wf = w.float() if col_scale is None else scale_columns(w, col_scale)
     return PackedWeight.from_quantized(quantize_groupwise(wf, bits, group, symmetric, nu, check=False, param_dtype=scale_dtype), scale_dtype)
 
 

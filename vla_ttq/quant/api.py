@@ -7,7 +7,9 @@ statistics, collected with :func:`calibrate` (hooks on the same layers, any numb
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -49,9 +51,6 @@ class QuantReport:
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON (the record of what was quantized)."""
-        import json
-        from pathlib import Path
-
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     def summary(self) -> str:

@@ -12,7 +12,7 @@ from ..kernels.reference import effective_weight
 from .groupwise import check_finite, check_group, quantize_groupwise
 from .methods import lowrank_factors
 from .packing import SCALE_DTYPES, PackedWeight
-from .scaling import channel_stat, column_scale
+from .scaling import channel_stat, column_scale, scale_columns
 
 
 class QuantLinear(nn.Module):
@@ -147,8 +147,8 @@ class TTQLinear(nn.Module):
         finiteness check), so it can run inside a captured CUDA graph."""
         cfg = self.cfg
         s = self._column_scale(x)
-        q = quantize_groupwise(self.residual_weight(x.device).float() * s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
-                               check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
+        q = quantize_groupwise(scale_columns(self.residual_weight(x.device), s), cfg.bits, cfg.group,
+                               cfg.symmetric, cfg.nu, check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
         return q.dequantize(), s
 
     def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:

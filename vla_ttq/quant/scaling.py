@@ -58,3 +58,12 @@ def column_scale(c: torch.Tensor, lam: float, alpha: float) -> torch.Tensor:
     c_lam = torch.where(peak > 0, torch.clamp(c_lam, min=peak * 1e-12), torch.ones_like(c_lam))
     log_s = 0.5 * alpha * torch.log(c_lam)
     return torch.exp(log_s - log_s.mean()).float()
+
+
+def scale_columns(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``w.float() * s`` (s per input column) without the float32 copy of a half-precision ``w``:
+    with a float32 ``s`` the product is computed in float32 from the exact upcast of ``w``, so the
+    result is the same, with one full-size temporary instead of two."""
+    if s.dtype == torch.float32 and w.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return w * s
+    return w.float() * s

@@ -8,8 +8,9 @@ One policy serves every client, so before a client's request the server swaps in
   the policy's initial state for every client and carries on across that client's episodes,
 
 and snapshots both after it. A client thus gets exactly the actions it would get from its own
-freshly loaded copy of the policy, whatever other clients do. Snapshots hold references to
-immutable tensors, so swapping costs next to nothing.
+freshly loaded copy of the policy, whatever other clients do. Restoring assigns references; a
+snapshot copies the TTQ calibration tensors (one copy of the episode's packed weights per request),
+because the fast sampler (``vla_ttq.models.fast``) refreshes the live calibration in place.
 """
 
 from __future__ import annotations
