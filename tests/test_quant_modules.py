@@ -110,6 +110,7 @@ def test_ttq_episode_mode_calibrates_once_until_reset():
     assert torch.allclose(m(first), y1)
     # the per-episode calibration can be saved and restored (one per server client)
     snap = ttq_state(m)
+    assert snap["0"][0][0] is layer._cache[0][0]  # a snapshot shares the (immutable) calibration: no copy per request
     assert reset_ttq(m) == 3
     m(other)
     load_ttq_state(m, snap)

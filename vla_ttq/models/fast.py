@@ -102,6 +102,7 @@ class _Linear:
                     dst.copy_(src)
         elif self.packed is None:
             self.packed = list(entries)  # first calibration: adopt its tensors
+            m.cache_shared = True  # later refreshes overwrite them in place
         else:
             for (dst, ds), (src, ss) in zip(self.packed, entries):
                 src_tensors = src.tensors()  # a backend's own layout too (torch_int4, Marlin), not just the codes

@@ -215,9 +215,13 @@ def offload_ttq_masters(model: nn.Module, pin_memory: bool = True) -> int:
 def ttq_state(model: nn.Module) -> dict[str, dict]:
     """Snapshot of every TTQ layer's episode calibration (to keep one per client in a server).
 
-    The tensors are copied: a CUDA-graph runner (``vla_ttq.models.fast``) refreshes the live
-    calibration in place, which must not change a snapshot taken earlier."""
-    return {n: {slot: (packed.clone(), s.clone()) for slot, (packed, s) in m._cache.items()}
+    Calibrations are immutable (a new one makes new tensors), so a snapshot holds references,
+    except for layers whose tensors a CUDA-graph runner (``vla_ttq.models.fast``) shares and
+    refreshes in place (``cache_shared``): those are copied, so a later refresh cannot change them."""
+    def entry(m: TTQLinear, packed, s):
+        return (packed.clone(), s.clone()) if m.cache_shared else (packed, s)
+
+    return {n: {slot: entry(m, packed, s) for slot, (packed, s) in m._cache.items()}
             for n, m in model.named_modules() if isinstance(m, TTQLinear)}
 
 

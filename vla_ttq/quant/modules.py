@@ -84,6 +84,9 @@ class TTQLinear(nn.Module):
             self.lr_b = self.lr_a = None
         self._cache: dict[int, tuple[PackedWeight, torch.Tensor]] = {}
         self._host_master: torch.Tensor | None = None  # see offload_master
+        # True once a CUDA-graph runner (vla_ttq.models.fast) shares the cache's tensors and
+        # refreshes them in place: snapshots (api.ttq_state) must then copy them.
+        self.cache_shared = False
         self.calibrations = 0  # how many times D was computed and W re-quantized
 
     @property

@@ -8,9 +8,9 @@ One policy serves every client, so before a client's request the server swaps in
   the policy's initial state for every client and carries on across that client's episodes,
 
 and snapshots both after it. A client thus gets exactly the actions it would get from its own
-freshly loaded copy of the policy, whatever other clients do. Restoring assigns references; a
-snapshot copies the TTQ calibration tensors (one copy of the episode's packed weights per request),
-because the fast sampler (``vla_ttq.models.fast``) refreshes the live calibration in place.
+freshly loaded copy of the policy, whatever other clients do. Restoring and snapshotting assign
+references (a calibration is never changed in place), except that a snapshot copies the tensors of
+layers the fast sampler (``vla_ttq.models.fast``) shares and refreshes in place.
 """
 
 from __future__ import annotations
