@@ -264,3 +264,14 @@ def test_store_sees_other_writers_and_a_replaced_file_between_appends(tmp_path):
     a.path.write_text("")  # cut to nothing (same file)
     assert a.append(rec(0, 0)) is True
     assert [r["episode"] for r in a.records()] == [0]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--steps", "0"], "argument --steps: 0 is out of range"),
+                                          (["--resets", "0"], "argument --resets: 0 is out of range"),
+                                          (["--camera-res", "8"], "argument --camera-res: 8 is out of range")])
+def test_timing_tool_rejects_counts_that_measure_nothing(argv, needle, capsys):
+    from eval.libero.timing import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
