@@ -250,3 +250,28 @@ def test_summaries_cover_the_planned_episodes_only(tmp_path):
     assert (entry["episodes"], entry["successes"]) == (2, 1)
     saved = json.loads((tmp_path / "summaries" / "10-h1.json").read_text())
     assert saved["episodes"] == 2
+
+
+def test_store_sees_other_writers_and_a_replaced_file_between_appends(tmp_path):
+    """Appends read only what was added since the last one: other writers' records still count,
+    and a deleted or rewritten file is read again from its start."""
+    a, b = ResultsStore(tmp_path / "e.jsonl"), ResultsStore(tmp_path / "e.jsonl")
+    assert a.append(rec(0, 0)) and b.append(rec(0, 1))
+    assert a.append(rec(0, 1)) is False and b.append(rec(0, 0)) is False
+    assert a.append(rec(0, 2)) and b.append(rec(0, 2)) is False
+    a.path.unlink()
+    assert b.append(rec(0, 0)) is True  # the old file's keys are gone with it
+    a.path.write_text("")  # cut to nothing (same file)
+    assert a.append(rec(0, 0)) is True
+    assert [r["episode"] for r in a.records()] == [0]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--steps", "0"], "argument --steps: 0 is out of range"),
+                                          (["--resets", "0"], "argument --resets: 0 is out of range"),
+                                          (["--camera-res", "8"], "argument --camera-res: 8 is out of range")])
+def test_timing_tool_rejects_counts_that_measure_nothing(argv, needle, capsys):
+    from eval.libero.timing import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err

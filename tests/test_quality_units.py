@@ -77,3 +77,12 @@ def test_markdown_marks_best_and_second_best():
     md = markdown(rows, cfg, {})
     assert "| TTQ (r=0) | **\\*10.05** |" in md  # best, and within 1 % of full precision
     assert "| RTN | <u>50.00</u> |" in md
+
+
+def test_bad_token_budget_is_named_by_the_cli():
+    from eval.quality.__main__ import main
+
+    with pytest.raises(ValueError, match="reservoir must be >= 1, got 0"):
+        QualityConfig(reservoir=0)
+    with pytest.raises(SystemExit, match="seq_len must be >= 2, got 1"):
+        main(["--seq-len", "1"])

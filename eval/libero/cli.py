@@ -190,25 +190,28 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
     if cfg.server:
         remote = build_policy(cfg)
         cfg = _adopt_server(cfg, remote, explicit_quant)
-    items = plan_items(cfg)
-    done = store.done_keys()
-    policy = remote
-    for suite in cfg.suites():
-        suite_items = [it for it in items if it.suite == suite]
-        h = cfg.result_hash(suite)
-        save_yaml(cfg, out / "configs" / f"{suite}-{h}.yaml")
-        todo = [it for it in suite_items if episode_key(it) not in done]
-        console.print(f"[bold]LIBERO {suite}[/bold]: {len(suite_items)} episodes planned, "
-                      f"{len(suite_items) - len(todo)} already done, config {h} -> {store.path}")
-        if not todo:
-            continue
-        per_suite_awq = cfg.method == "awq" and cfg.calib.suite is None and len(cfg.suites()) > 1
-        if policy is None or (per_suite_awq and remote is None):
-            policy = build_policy(cfg, suite=suite, env_pool=env_pool, progress=progress)
-        run_items(policy, todo, store, n_envs=cfg.n_envs, video_dir=(out / "videos") if cfg.video else None,
-                  progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
-    if remote is not None:
-        remote.close()
+    try:
+        items = plan_items(cfg)
+        done = store.done_keys()
+        policy = remote
+        for suite in cfg.suites():
+            suite_items = [it for it in items if it.suite == suite]
+            h = cfg.result_hash(suite)
+            save_yaml(cfg, out / "configs" / f"{suite}-{h}.yaml")
+            todo = [it for it in suite_items if episode_key(it) not in done]
+            console.print(f"[bold]LIBERO {suite}[/bold]: {len(suite_items)} episodes planned, "
+                          f"{len(suite_items) - len(todo)} already done, config {h} -> {store.path}")
+            if not todo:
+                continue
+            per_suite_awq = cfg.method == "awq" and cfg.calib.suite is None and len(cfg.suites()) > 1
+            if policy is None or (per_suite_awq and remote is None):
+                policy = None  # free the previous suite's model before loading the next (as EpisodeWorker)
+                policy = build_policy(cfg, suite=suite, env_pool=env_pool, progress=progress)
+            run_items(policy, todo, store, n_envs=cfg.n_envs, video_dir=(out / "videos") if cfg.video else None,
+                      progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
+    finally:  # an interrupted run closes its server connections too
+        if remote is not None:
+            remote.close()
     summary = summarize_planned(store, items, out)
     print_summary(summary, console)
     return summary

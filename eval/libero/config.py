@@ -8,20 +8,16 @@ device, vectorisation, output folder), so a longer run of the same config resume
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vla_ttq.config import QuantConfig, config_hash, to_dict
 
+from ..cache import default_cache_dir
 from . import protocol
 
 DEFAULT_POLICY = "lerobot/pi05_libero_finetuned"
 TINY = "tiny"
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("VLA_TTQ_CACHE", str(Path.home() / ".cache" / "vla_ttq"))
 
 
 def _checked_tasks(tasks, what: str) -> tuple[int, ...] | None:

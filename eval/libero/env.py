@@ -109,8 +109,6 @@ class LiberoTaskEnv:
     def drain(self) -> None:
         self._pending = None
 
-    frame = staticmethod(lambda obs: frame_of(obs))
-
     def close(self) -> None:
         try:
             self.env.close()
@@ -213,8 +211,6 @@ class SubprocEnv:
     def step(self, action):
         self.step_async(action)
         return self.wait()
-
-    frame = staticmethod(lambda obs: frame_of(obs))
 
     def close(self) -> None:
         try:

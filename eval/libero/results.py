@@ -1,8 +1,8 @@
 """Episode results: one JSON line per finished episode, appended atomically, never twice.
 
 Several processes (vectorised runs, Ray workers, a resumed run) may append to the same file:
-every append takes an exclusive ``fcntl`` lock, re-reads the keys already written (another
-process may have finished the same episode meanwhile), writes one complete line with a single
+every append takes an exclusive ``fcntl`` lock, reads the keys written since its previous append
+(another process may have finished the same episode meanwhile), writes one complete line with a single
 ``write`` and ``fsync``s it. A process killed mid-write can leave at most one partial last
 line; readers ignore it and the next append cuts it off before writing, so a killed run never
 loses a finished episode nor leaves a corrupt record.
@@ -47,8 +47,10 @@ def episode_key(record_or_item: Any) -> tuple:
     return str(h), str(suite), int(task), int(episode)
 
 
-def _parse(data: bytes, path: Path) -> tuple[list[dict], int]:
-    """Complete records, and the byte length of the valid prefix (a torn last line excluded)."""
+def _parse(data: bytes, path: Path, start: int = 0) -> tuple[list[dict], int]:
+    """Complete records, and the byte length of the valid prefix (a torn last line excluded).
+
+    ``data`` is the file from byte ``start`` on (for error messages)."""
     records, good = [], 0
     pos = 0
     while pos < len(data):
@@ -60,7 +62,7 @@ def _parse(data: bytes, path: Path) -> tuple[list[dict], int]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: corrupt record at byte {pos}: {e}") from e
+                raise ValueError(f"{path}: corrupt record at byte {start + pos}: {e}") from e
         pos = good = end + 1
     return records, good
 
@@ -74,6 +76,11 @@ class ResultsStore:
             raise ValueError(f"results path {path} is a directory; pass a .jsonl file")
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
+        # Keys of the file's first _parsed bytes, so an append reads only what was added since the
+        # last one (re-reading the whole file on every append was quadratic in the run's length).
+        self._keys: set[tuple] = set()
+        self._parsed = 0
+        self._file_id: tuple | None = None  # (device, inode) the cache belongs to
 
     def _locked(self):
         return file_lock(self.lock_path)
@@ -85,6 +92,25 @@ class ResultsStore:
             return [], 0, 0
         records, good = _parse(data, self.path)
         return records, good, len(data)
+
+    def _stored_keys(self) -> tuple[set[tuple], int, int]:
+        """(keys in the file, length of its valid prefix, its size), reading only the bytes appended
+        since the previous call. Called under the lock."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_dev, st.st_ino) != self._file_id or st.st_size < self._parsed:  # replaced or cut
+                    self._keys, self._parsed, self._file_id = set(), 0, (st.st_dev, st.st_ino)
+                f.seek(self._parsed)
+                data = f.read()
+        except FileNotFoundError:
+            self._keys, self._parsed, self._file_id = set(), 0, None
+            return self._keys, 0, 0
+        records, good = _parse(data, self.path, self._parsed)
+        self._keys.update(episode_key(r) for r in records)
+        size = self._parsed + len(data)
+        self._parsed += good
+        return self._keys, self._parsed, size
 
     def records(self) -> list[dict]:
         return self._read()[0]
@@ -100,8 +126,8 @@ class ResultsStore:
         key = episode_key(record)
         line = (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode()
         with self._locked():
-            records, good, size = self._read()
-            if key in {episode_key(r) for r in records}:
+            keys, good, size = self._stored_keys()
+            if key in keys:
                 return False
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
@@ -110,8 +136,11 @@ class ResultsStore:
                 os.lseek(fd, good, os.SEEK_SET)
                 os.write(fd, line)
                 os.fsync(fd)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
+            keys.add(key)
+            self._parsed, self._file_id = good + len(line), (st.st_dev, st.st_ino)
         return True
 
     def __len__(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import protocol
-from .env import EnvPool, default_pool
+from .env import EnvPool, default_pool, frame_of
 from .plan import EpisodeItem
 from .results import ResultsStore, episode_key
 from .video import VideoRecorder, video_path
@@ -103,7 +103,7 @@ def _run_wave(caller: _PolicyCaller, envs: list, wave: list[EpisodeItem], store:
               if video_dir else None for it in wave]
     for i, v in enumerate(videos):
         if v:
-            v.add(envs[i].frame(obs[i]))
+            v.add(frame_of(obs[i]))
     written = []
     try:
         while live:
@@ -117,7 +117,7 @@ def _run_wave(caller: _PolicyCaller, envs: list, wave: list[EpisodeItem], store:
                 obs[i], success, done = envs[i].wait()
                 steps[i] += 1
                 if videos[i]:
-                    videos[i].add(envs[i].frame(obs[i]))
+                    videos[i].add(frame_of(obs[i]))
                 if success or done or steps[i] >= wave[i].max_steps:
                     live.remove(i)
                     rec = _record(wave[i], success, steps[i], time.perf_counter() - start)

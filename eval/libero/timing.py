@@ -50,12 +50,14 @@ def measure(suite: str, task_id: int, camera_res: int, steps: int, resets: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import _int_in
+
     p = argparse.ArgumentParser(prog="python -m eval.libero.timing", description=__doc__)
     p.add_argument("--suite", choices=protocol.SUITE_ORDER, default="10")
-    p.add_argument("--task", type=int, default=0)
-    p.add_argument("--camera-res", type=int, nargs="+", default=[protocol.CAMERA_RES])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--resets", type=int, default=3)
+    p.add_argument("--task", type=_int_in(0), default=0)
+    p.add_argument("--camera-res", type=_int_in(16), nargs="+", default=[protocol.CAMERA_RES])
+    p.add_argument("--steps", type=_int_in(1), default=50)  # (0 steps or resets gave NaN medians)
+    p.add_argument("--resets", type=_int_in(1), default=3)
     args = p.parse_args(argv)
     protocol.configure_rendering()
     for res in args.camera_res:

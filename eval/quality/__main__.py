@@ -57,13 +57,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def config_from_args(args: argparse.Namespace) -> QualityConfig:
     cfg = load_yaml(QualityConfig, args.config) if args.config else QualityConfig()
     for key in ("grid", "n_eval", "n_calib", "seq_len"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cfg.validate()
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:  # a bad value: a usage error naming it, not a traceback
+        raise SystemExit(f"python -m eval.quality: error: {e}") from None
     name = args.name or f"gemma3-270m_{cfg.grid}"
     start = time.time()
     model, tok = load_model()

