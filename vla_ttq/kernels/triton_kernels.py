@@ -42,6 +42,22 @@ def _slab_x_scale(SH: tl.constexpr, WBITS: tl.constexpr):
 
 
 @triton.jit
+def _group_rows(ptr, gi, offs_n, mask_r, mask_n, N):
+    """Per-group rows (scales or zero points) of the tile's word rows, (BKW, BN), as fp32."""
+    return tl.load(ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _x_slab(x_ptr, cs_ptr, offs_m, k, xmask, mask_r, K, HAS_CS: tl.constexpr):
+    """x[:, k] / cs[k] (the prescale fused into the load), (BM, BKW), as fp32."""
+    xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
+    if HAS_CS:
+        xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+    return xi
+
+
+@triton.jit
 def _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr,
                 GT: tl.constexpr):
     """Word rows of groups [g0, g0+GT) of one slice, (BKW, BN), and each row's scale, as fp32."""
@@ -52,7 +68,7 @@ def _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS: tl.constexp
     mask_r = gi < G
     m = mask_r[:, None] & mask_n[None, :]
     words = tl.load(w_ptr + (row0 + g0 * WG + r)[:, None] * N + offs_n[None, :], mask=m, other=0)
-    scale = tl.load(s_ptr + gi[:, None] * N + offs_n[None, :], mask=m, other=0.0).to(tl.float32)
+    scale = _group_rows(s_ptr, gi, offs_n, mask_r, mask_n, N)
     return words, scale, gi, mask_r, gi * GROUP + r % WG
 
 
@@ -80,8 +96,7 @@ def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask
             part += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None] * _slab_float(words, i * WBITS, WBITS)
         part = part * scale
         if WITH_ZERO:
-            zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
-                           other=0.0).to(tl.float32)
+            zero = _group_rows(z_ptr, gi, offs_n, mask_r, mask_n, N)
             part += xsum[:, None] * zero
         out = tl.sum(part, axis=0)
         if SLICE_SCALE != 1:
@@ -93,16 +108,13 @@ def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask
         xmask3 = mask_m[:, None] & mask_r[None, :]
         for i in tl.static_range(CPW):
             k = kbase + i * WG
-            xi3 = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask3, other=0.0).to(tl.float32)
-            if HAS_CS:
-                xi3 = tl.fdiv(xi3, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+            xi3 = _x_slab(x_ptr, cs_ptr, offs_m, k, xmask3, mask_r, K, HAS_CS)
             if WITH_ZERO:
                 xsum3 += xi3
             part3 += (xi3 * _slab_x_scale(i * WBITS, WBITS))[:, :, None] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
         part3 = part3 * scale[None, :, :]
         if WITH_ZERO:
-            zero3 = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
-                            other=0.0).to(tl.float32)
+            zero3 = _group_rows(z_ptr, gi, offs_n, mask_r, mask_n, N)
             part3 += xsum3[:, :, None] * zero3[None, :, :]
         out3 = tl.sum(part3, axis=1)
         if SLICE_SCALE != 1:
@@ -120,14 +132,11 @@ def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, 
     words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
     scale = scale * SLICE_SCALE
     if WITH_ZERO:
-        zero = tl.load(z_ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
-                       other=0.0).to(tl.float32)
+        zero = _group_rows(z_ptr, gi, offs_n, mask_r, mask_n, N)
     xmask = mask_m[:, None] & mask_r[None, :]
     for i in tl.static_range(CPW):
         k = kbase + i * WG
-        xi = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
-        if HAS_CS:
-            xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0)[None, :])
+        xi = _x_slab(x_ptr, cs_ptr, offs_m, k, xmask, mask_r, K, HAS_CS)
         w = _code_float(words, i * WBITS, WBITS) * scale
         if WITH_ZERO:
             w += zero
