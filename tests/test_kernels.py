@@ -4,6 +4,7 @@ Without CUDA the Triton kernels run under the Triton CPU interpreter (TRITON_INT
 before any kernel is decorated); with CUDA the same tests run the compiled kernels in bf16.
 """
 
+import math
 import os
 
 import pytest
@@ -151,6 +152,48 @@ def test_every_tile_candidate_computes_the_same_function():
             out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
             triton_backend._launch(cfg, x, cs.float(), packed, None, None, None, out, use_dot)
             assert rel_err(out, ref) < TOL, cfg
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_workspace_zeroed(bits):
+    """M = 1 runs gemv1_kernel: K split over programs whose partial sums the last one to arrive
+    adds up. Every candidate tile, N not a multiple of the tile (masked columns), groups 32-128,
+    with prescale, low-rank term and bias; the output is NaN-poisoned so every element must be
+    written, and the split-K workspace and counters must be back at zero for the next call."""
+    for group, N, K in ((32, 72, 256), (64, 40, 512), (128, 136, 512)):
+        packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
+        x, cs, bias = rand(1, K).to(XDTYPE), col_scale(K), rand(N)
+        lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))
+        t = (x @ lowrank[1].to(XDTYPE).t()).float()
+        ref = ref_matmul(x, packed, cs, lowrank, bias)
+        cands = triton_backend._gemv1_candidates(bits, group, K, N, 132)
+        assert any(math.ceil(K // group / gps) > 1 for _, gps, _, _ in cands)  # split-K is exercised
+        for cfg in cands:
+            out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
+            triton_backend._launch_gemv1(cfg, x, cs.float(), packed, t, lowrank[0], bias, out)
+            assert rel_err(out, ref) < TOL, (group, N, cfg)
+        ws, lock, _ = triton_backend._gemv1_buffers(DEV, N, K)
+        assert not ws.any() and not lock.any()
+
+
+def test_m1_calls_take_the_one_launch_gemv_and_repeat_exactly():
+    """quant_matmul routes one token to gemv1_kernel; calls that reuse the workspace are not
+    polluted by the ones before (the counters and partial sums were reset)."""
+    packed = triton_backend.quantize_pack(rand(96, 512), None, 4, 64)
+    x1, x2, cs = rand(1, 512).to(XDTYPE), rand(1, 512).to(XDTYPE), col_scale(512)
+    calls = []
+    orig = triton_backend._launch_gemv1
+    triton_backend._launch_gemv1 = lambda cfg, *a, **k: calls.append(cfg) or orig(cfg, *a, **k)
+    try:
+        y1 = triton_backend.quant_matmul(x1, packed, cs)
+        y2 = triton_backend.quant_matmul(x2, packed, cs)
+        y1_again = triton_backend.quant_matmul(x1, packed, cs)
+    finally:
+        triton_backend._launch_gemv1 = orig
+    assert len(calls) == 3
+    assert rel_err(y1_again, ref_matmul(x1, packed, cs)) < TOL and rel_err(y2, ref_matmul(x2, packed, cs)) < TOL
+    if not CUDA:  # the interpreter runs programs in order: bit-identical; GPU atomics add in any order
+        assert torch.equal(y1, y1_again)
 
 
 def test_triton_accepts_the_storage_format_and_leading_batch_dims():

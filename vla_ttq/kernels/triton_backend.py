@@ -1,6 +1,8 @@
 """Launching the Triton kernels: shape checks, the kernel chosen by M, tile/split choice and tuning.
 
 Rule (by the number of tokens M = x.numel() / K):
+* M == 1: the one-launch GEMV (``gemv1_kernel``: x / cs computed once per program into a scratch,
+  split-K partial sums reduced by the last program to arrive, no second kernel);
 * M <= GEMV_MAX_M: split-K GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows);
 * M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized
   tiles fed to tl.dot);
@@ -32,6 +34,8 @@ GEMV_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
+_GEMV1_BUFFERS: dict[tuple, tuple] = {}  # (device, stream, N, K) -> (ws, lock, xs), never freed (see _gemv1_buffers)
+MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
               torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
 
@@ -137,6 +141,70 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
             cfg = (bm_, bn, gt, split, warps)
             if cfg not in out:
                 out.append(cfg)
+    return out
+
+
+def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[tuple]:
+    """(BN, GPS, num_warps, stages) for the M = 1 kernel; the first one is the heuristic's choice.
+
+    A thread holds BN / (32·warps) columns (16-byte loads, 4 per load); GPS = groups per program
+    (K split); stages > 1 software-pipelines the group loop. From the H100 sweeps
+    (docs/kernels.md): 1024 columns × 8 warps × 2 groups, unpipelined, won on both large Gemma-2B
+    layers at W2 and tied at W4; layers too small to give every SM a program take 512 columns ×
+    4 warps, one group each, two stages."""
+    G = K // group
+    cap_n, cap_g = max(16, _next_pow2(N)), _next_pow2(G)
+
+    def programs(bn, gps):
+        return math.ceil(N / bn) * math.ceil(G / gps)
+
+    first = (min(1024, cap_n), min(2, cap_g), 8 if cap_n >= 1024 else max(1, min(4, cap_n // 128)), 1)
+    if programs(first[0], first[1]) < sms:
+        first = (min(1024, cap_n), 1, first[2], 1)
+    if programs(first[0], first[1]) < sms:
+        first = (min(512, cap_n), 1, max(1, min(4, min(512, cap_n) // 128)), 2)
+    others = [(min(512, cap_n), min(4, cap_g), max(1, min(4, cap_n // 128)), 3),
+              (min(512, cap_n), min(2, cap_g), max(1, min(4, cap_n // 128)), 1),
+              (min(1024, cap_n), 1, max(1, min(4, cap_n // 128)), 1),
+              (min(256, cap_n), min(2, cap_g), max(1, min(2, cap_n // 128)), 1)]
+    return list(dict.fromkeys([first] + others))  # in order, without repeats
+
+
+def _gemv1_buffers(device: torch.device, N: int, K: int) -> tuple:
+    """Split-K workspace ws (N,) fp32 and lock counters (N,) int32, both zero between calls (the
+    kernel's last program resets them), and the x / cs scratch (3K + K/32,) fp32.
+
+    Kept per (device, stream, N, K) and never freed: a CUDA graph that captured a launch holds
+    their addresses, and two streams running at once must not share counters."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, N, K)
+    buf = _GEMV1_BUFFERS.get(key)
+    if buf is None:
+        buf = (torch.zeros(N, device=device, dtype=torch.float32), torch.zeros(N, device=device, dtype=torch.int32),
+               torch.empty(3 * K + K // 32 + 1, device=device, dtype=torch.float32))
+        _GEMV1_BUFFERS[key] = buf
+    return buf
+
+
+def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
+    tk = _tk()
+    bn, gps, warps, stages = cfg
+    K = x2.shape[1]
+    N = packed.shape[0]
+    G = K // packed.group
+    splits = math.ceil(G / gps)
+    sl = _slices(packed.bits, K)
+    R = 0 if lowrank_t is None else lowrank_t.shape[1]
+    ws, lock, xs = _gemv1_buffers(x2.device, N, K)
+    dummy = x2
+    tk.gemv1_kernel[(math.ceil(N / bn), splits)](
+        x2, cs if cs is not None else dummy, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs,
+        bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
+        lr_b if lr_b is not None else dummy,
+        N, K, G, sl["row1"], sl["row2"], R, MAGIC,
+        W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GPS=gps,
+        BN=bn, BR=max(2, _next_pow2(R)), HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1,
+        HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, STAGES=stages, num_warps=warps)
     return out
 
 
@@ -252,15 +320,22 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     use_dot = path == "dot"
     if path == "gemv" and M > GEMV_MAX_M:
         raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
-    cands = _candidates(use_dot, packed.bits, packed.group, K, N, M, _num_sms(x.device))
+    if M == 1 and path == "gemv":
+        cands = _gemv1_candidates(packed.bits, packed.group, K, N, _num_sms(x.device))
+        launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias,
+                                   out=out)
+    else:
+        cands = _candidates(use_dot, packed.bits, packed.group, K, N, M, _num_sms(x.device))
+        launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias, out=out,
+                                   use_dot=use_dot)
     key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
     cfg = _TUNED.get(key)
     if cfg is None:
         if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
-            cfg = _tune(key, cands, lambda c: _launch(c, x2, cs, packed, t, lr_b, bias, out, use_dot))
+            cfg = _tune(key, cands, launch)
         else:
             cfg = cands[0]
-    _launch(cfg, x2, cs, packed, t, lr_b, bias, out, use_dot)
+    launch(cfg)
     return out.reshape(*lead, N)
 
 

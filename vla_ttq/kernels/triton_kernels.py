@@ -343,3 +343,151 @@ def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, row1, row2, n
     sz_off = gi[None, :] * N + offs_n[:, None]  # S, Z stored transposed (K/g, N)
     tl.store(s_ptr + sz_off, scale.to(s_ptr.dtype.element_ty), mask=sz_mask)
     tl.store(z_ptr + sz_off, wmin.to(z_ptr.dtype.element_ty), mask=sz_mask)
+
+
+# ---- M = 1: one launch, split-K reduced in the kernel ------------------------------------------
+
+
+@triton.jit
+def _slab_factor(kk, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """2^-pos for input channel kk of a slice of width WBITS, pos = where ``_gemv1_slice`` reads
+    the channel's field (in place, or 12 bits lower for fields that end above bit 23): the x
+    multiplier that turns the field's float value c·2^pos into c."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    sh = ((kk % GROUP) // WG) * WBITS
+    sh = tl.where(sh + WBITS <= 23, sh, sh - 12)
+    return ((127 - sh) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv1_words(w_ptr, g, offs_n, mask_n, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr, EVEN_N: tl.constexpr):
+    """The (WG, BN) words of group g of one slice (WG = GROUP·WBITS/32 word rows)."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    ptrs = w_ptr + (row0 + g * WG + tl.arange(0, WG))[:, None] * N + offs_n[None, :]
+    if EVEN_N:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask_n[None, :], other=0)
+
+
+@triton.jit
+def _gemv1_group_rows(ptr, g, offs_n, mask_n, N, EVEN_N: tl.constexpr):
+    """Scale or zero point of group g for the BN columns, as fp32."""
+    if EVEN_N:
+        return tl.load(ptr + g * N + offs_n).to(tl.float32)
+    else:
+        return tl.load(ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0: tl.constexpr, W1: tl.constexpr,
+                W2: tl.constexpr, GROUP: tl.constexpr, EVEN_N: tl.constexpr):
+    """Everything group g needs from memory: words of each slice (absent slices repeat slice 0's,
+    unused), S and Z."""
+    w0 = _gemv1_words(w_ptr, g, offs_n, mask_n, N, 0, W0, GROUP, EVEN_N)
+    w1 = w0
+    w2 = w0
+    if W1 > 0:
+        w1 = _gemv1_words(w_ptr, g, offs_n, mask_n, N, row1, W1, GROUP, EVEN_N)
+    if W2 > 0:
+        w2 = _gemv1_words(w_ptr, g, offs_n, mask_n, N, row2, W2, GROUP, EVEN_N)
+    s = _gemv1_group_rows(s_ptr, g, offs_n, mask_n, N, EVEN_N)
+    z = _gemv1_group_rows(z_ptr, g, offs_n, mask_n, N, EVEN_N)
+    return w0, w1, w2, s, z
+
+
+@triton.jit
+def _gemv1_slice(xs_ptr, words, g, magic, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """Σ_k x'_k · c_k (BN,) over group g of one slice, x' = (x / cs)·2^-pos read from the scratch.
+
+    Every word row of a group shares one scale, so rows are summed before the caller applies it.
+    ``magic`` = 0x4B000000 arrives as a runtime value so it stays in a register: a code then costs
+    one LOP3 (field | magic), one FADD (- 2^23) and one FFMA."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    CPW: tl.constexpr = 32 // WBITS
+    r = tl.arange(0, WG)
+    high = words >> 12
+    part = tl.zeros(words.shape, tl.float32)
+    for i in tl.static_range(CPW):
+        xi = tl.load(xs_ptr + g * GROUP + i * WG + r)  # L1: this program wrote it (and so evicted stale lines)
+        if i * WBITS + WBITS <= 23:  # the field ends inside the mantissa: read it in place
+            q = (words & (((1 << WBITS) - 1) << (i * WBITS))) | magic
+        else:  # one shift of the word by 12 serves every high field
+            q = (high & (((1 << WBITS) - 1) << (i * WBITS - 12))) | magic
+        part += xi[:, None] * (q.to(tl.float32, bitcast=True) - 8388608.0)
+    return tl.sum(part, axis=0)
+
+
+@triton.jit
+def _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, WBITS: tl.constexpr, GROUP: tl.constexpr,
+                    GPS: tl.constexpr, HAS_CS: tl.constexpr, SLICE: tl.constexpr):
+    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    if HAS_CS:
+        xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
+    if SLICE == 0:  # the group sums of x / cs, for the zero points
+        gs = g0 + tl.arange(0, GPS)
+        tl.store(xs_ptr + 3 * K + gs, tl.sum(tl.reshape(xv, (GPS, GROUP)), axis=1), mask=gs < G)
+    tl.store(xs_ptr + SLICE * K + kk, xv * _slab_factor(kk, WBITS, GROUP), mask=km)
+
+
+@triton.jit
+def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
+                 N, K, G, row1, row2, R, magic,
+                 W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
+                 GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, HAS_CS: tl.constexpr,
+                 EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+                 STAGES: tl.constexpr):
+    """y (1, N) = (x / cs) Ŵᵀ + epilogue for one token, in one launch. Grid (N / BN, G / GPS).
+
+    1. Each program writes x' = (x / cs)·2^-pos of its GPS groups, one value per thread, to the
+       scratch ``xs`` (3 slices × K, then the G group sums); programs of the same K range write the
+       same values. Every thread then reads x' with 16-byte loads instead of dividing it again:
+       x work per thread is per input channel, and each channel meets only BN/threads columns.
+    2. Words of one group are reduced over their rows, then scaled once (S) and given Z·Σx.
+    3. With several K splits each program adds its partial sums into the fp32 workspace ``ws`` (N,)
+       and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving ws at 0),
+       applies the bias and low-rank epilogue, writes y and resets the lock: split-K with no
+       second kernel, and ws/lock are zero again for the next call."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < N
+    g0 = pid_k * GPS
+    kk = g0 * GROUP + tl.arange(0, GPS * GROUP)
+    km = kk < K
+    _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W0, GROUP, GPS, HAS_CS, 0)
+    if W1 > 0:
+        _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W1, GROUP, GPS, HAS_CS, 1)
+    if W2 > 0:
+        _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W2, GROUP, GPS, HAS_CS, 2)
+    tl.debug_barrier()  # the scratch is written before any thread of this program reads it
+    acc = tl.zeros((BN,), tl.float32)
+    # STAGES > 1: Triton software-pipelines the loop, copying the next groups' words into shared
+    # memory (cp.async) while this group is computed; without it every program loads, then
+    # computes, and the SMs wait on memory and then on arithmetic instead of both at once.
+    for g in tl.range(g0, tl.minimum(g0 + GPS, G), num_stages=STAGES):
+        w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
+                                       EVEN_N)
+        d = _gemv1_slice(xs_ptr, w0, g, magic, W0, GROUP)
+        if W1 > 0:
+            d += _gemv1_slice(xs_ptr + K, w1, g, magic, W1, GROUP) * (1 << OFF1)
+        if W2 > 0:
+            d += _gemv1_slice(xs_ptr + 2 * K, w2, g, magic, W2, GROUP) * (1 << OFF2)
+        acc += s * d + z * tl.load(xs_ptr + 3 * K + g)
+    offs_m = tl.arange(0, 1)
+    if SPLIT_K:
+        tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
+        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == tl.num_programs(1) - 1:
+            # read the total where the atomics left it (L2), then zero ws for the next call
+            total = tl.atomic_add(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n, sem="relaxed")
+            tl.store(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n)
+            y = _epilogue(total[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+                          HAS_BIAS, HAS_LR, BR)
+            tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+            tl.store(lock_ptr + pid_n, 0)
+    else:
+        y = _epilogue(acc[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+                      HAS_BIAS, HAS_LR, BR)
+        tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
