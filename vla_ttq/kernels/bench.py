@@ -37,6 +37,20 @@ RANK = 16
 DEV = "cuda"
 
 
+def empty_kernel_us() -> float:
+    """One launch of a kernel that writes one value, in the same graph-replay timing: the fixed
+    cost every per-layer kernel pays on this machine, whatever its bytes."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _one(p):
+        tl.store(p, 1.0)
+
+    buf = torch.zeros(1, device="cuda")
+    return graph_time_us([lambda: _one[(1,)](buf)])
+
+
 def measure_bandwidth() -> float:
     """Device-to-device copy of 1 GiB: (bytes read + bytes written) / time, in bytes/s."""
     n = 1 << 29
@@ -162,9 +176,11 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
                 entry[f"{name} tuned"] = cfg is not None
-                if cfg is None and path != "dequant":
-                    cfg = triton_backend._candidates(path == "dot", int(name[1]), group, K, N, M,
-                                                     triton_backend._num_sms(torch.device("cuda")))[0]
+                sms = triton_backend._num_sms(torch.device("cuda"))
+                if cfg is None and path == "gemv" and M == 1:
+                    cfg = ("gemv1",) + triton_backend._gemv1_candidates(int(name[1]), group, K, N, sms)[0]
+                elif cfg is None and path != "dequant":
+                    cfg = triton_backend._candidates(path == "dot", int(name[1]), group, K, N, M, sms)[0]
                 entry[f"{name} cfg"] = cfg
         results["matmul"].append(entry)
         print(f"{set_name:9s} {layer:8s} M={M:<4d} " + " ".join(
@@ -175,7 +191,8 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
 
 
 def sweep(N, K, M, bits, group, bw, l2):
-    """Time every tile candidate of one case (for choosing the heuristic)."""
+    """Time every tile candidate of one case (for choosing the heuristic). At M = 1 the one-launch
+    GEMV's (BN, GPS, warps) grid, plus the split-K kernel's heuristic tile for comparison."""
     dev = DEV
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5
@@ -184,14 +201,33 @@ def sweep(N, K, M, bits, group, bw, l2):
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
     use_dot = M > triton_backend.GEMV_MAX_M
     out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)  # sweeps the split-K kernel of that M
+    sms = triton_backend._num_sms(torch.device(dev))
+    cands = triton_backend._candidates(use_dot, bits, group, K, N, M, sms)
+    runs = []
+    if M == 1:
+        G = K // group
+        shapes = [(256, 2), (512, 4), (1024, 4), (1024, 8)]  # (BN, warps)
+        grid = [(bn, gps, wp, st) for bn, wp in shapes for gps in (1, 2, 4, 8, 16) for st in (1, 2, 3, 4)
+                if gps <= G and bn <= max(128, triton_backend._next_pow2(N))
+                and math.ceil(N / bn) * math.ceil(G / gps) >= sms // 2]
+        ref = reference.quant_matmul(x.double(), packed, cs.double())
+        for cfg in grid:
+            triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, None, out)
+            if rel_err(out, ref) > 1e-2:
+                raise AssertionError(f"gemv1 {cfg} is wrong on N={N} K={K} W{bits}: {rel_err(out, ref):.2e}")
+            runs.append((("gemv1",) + cfg, [lambda p=p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None,
+                                                                                          None, out)
+                                             for p in copies]))
+        cands = cands[:1]
+    for cfg in cands:
+        runs.append((cfg, [lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, None, out, use_dot)
+                           for p in copies]))
     rows = []
-    for cfg in triton_backend._candidates(use_dot, bits, group, K, N, M, triton_backend._num_sms(torch.device(dev))):
-        t = graph_time_us([lambda p=p: triton_backend._launch(cfg, x, cs, p, None, None, None, out, use_dot)
-                           for p in copies])
-        rows.append(dict(N=N, K=K, M=M, bits=bits, group=group, cfg=cfg, us=t))
+    for cfg, fns in runs:
+        rows.append(dict(N=N, K=K, M=M, bits=bits, group=group, cfg=cfg, us=graph_time_us(fns)))
     best = min(rows, key=lambda r: r["us"])
     print(f"sweep N={N} K={K} M={M} W{bits}: " + ", ".join(f"{r['cfg']}:{r['us']:.1f}" for r in rows)
-          + f"  best {best['cfg']}", flush=True)
+          + f"  best {best['cfg']} {best['us']:.1f}", flush=True)
     return rows
 
 
@@ -203,6 +239,7 @@ def markdown(res) -> str:
     d = res["device"]
     lines = [f"# Kernel benchmark ({d['name']}, torch {d['torch']}, triton {d['triton']})", "",
              f"Measured copy bandwidth {d['bandwidth_GBps']:.0f} GB/s (read+write); L2 {d['l2_MB']:.0f} MB; "
+             f"an empty kernel costs {d.get('empty_kernel_us', float('nan')):.1f} µs in the same timing; "
              f"group {res['group']}, prescale x/s always on for ours; r16 adds the rank-16 low-rank term. "
              "Times in µs (CUDA-graph replay, weights rotating past L2); floor = bytes / bandwidth. "
              "int4 = torch `_weight_int4pack_mm` alone (no prescale).", "",
@@ -226,7 +263,8 @@ def markdown(res) -> str:
                      f"{q['floor_us']:.1f} | {q['target_us']:.1f} | {'yes' if q['us'] <= q['target_us'] else 'no'} |")
     lines += ["", "Targets (M=1, Gemma-2B gate/up and down):", ""] + [f"- {t}" for t in res["targets"]]
     if res.get("sweep"):
-        lines += ["", "Tile sweep (BM, BN, GT, split, warps): µs", ""]
+        lines += ["", "Tile sweep, µs: split-K kernel (BM, BN, GT, split, warps); one-launch M = 1 kernel "
+                  "(gemv1, BN, groups per split, warps)", ""]
         for r in res["sweep"]:
             lines.append(f"- N={r['N']} K={r['K']} M={r['M']} W{r['bits']}: {r['cfg']} {r['us']:.1f}")
     return "\n".join(lines) + "\n"
@@ -269,7 +307,7 @@ def main(argv=None) -> None:
     bw = measure_bandwidth()
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     res = dict(device=dict(name=props.name, sms=props.multi_processor_count, l2_MB=l2 / 2**20,
-                           bandwidth_GBps=bw / 1e9, torch=torch.__version__, triton=triton.__version__,
+                           bandwidth_GBps=bw / 1e9, empty_kernel_us=empty_kernel_us(), torch=torch.__version__, triton=triton.__version__,
                            python=platform.python_version()),
                group=args.group, matmul=[], quantize=[], sweep=[], skipped=[])
     out = Path(args.out)
