@@ -264,7 +264,7 @@ def markdown(res) -> str:
     lines += ["", "Targets (M=1, Gemma-2B gate/up and down):", ""] + [f"- {t}" for t in res["targets"]]
     if res.get("sweep"):
         lines += ["", "Tile sweep, µs: split-K kernel (BM, BN, GT, split, warps); one-launch M = 1 kernel "
-                  "(gemv1, BN, groups per split, warps)", ""]
+                  "(gemv1, BN, groups per split, warps, pipeline stages)", ""]
         for r in res["sweep"]:
             lines.append(f"- N={r['N']} K={r['K']} M={r['M']} W{r['bits']}: {r['cfg']} {r['us']:.1f}")
     return "\n".join(lines) + "\n"
