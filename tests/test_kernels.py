@@ -176,20 +176,17 @@ def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_works
         assert not ws.any() and not lock.any()
 
 
-def test_m1_calls_take_the_one_launch_gemv_and_repeat_exactly():
+def test_m1_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch):
     """quant_matmul routes one token to gemv1_kernel; calls that reuse the workspace are not
     polluted by the ones before (the counters and partial sums were reset)."""
     packed = triton_backend.quantize_pack(rand(96, 512), None, 4, 64)
     x1, x2, cs = rand(1, 512).to(XDTYPE), rand(1, 512).to(XDTYPE), col_scale(512)
     calls = []
     orig = triton_backend._launch_gemv1
-    triton_backend._launch_gemv1 = lambda cfg, *a, **k: calls.append(cfg) or orig(cfg, *a, **k)
-    try:
-        y1 = triton_backend.quant_matmul(x1, packed, cs)
-        y2 = triton_backend.quant_matmul(x2, packed, cs)
-        y1_again = triton_backend.quant_matmul(x1, packed, cs)
-    finally:
-        triton_backend._launch_gemv1 = orig
+    monkeypatch.setattr(triton_backend, "_launch_gemv1", lambda cfg, *a, **k: calls.append(cfg) or orig(cfg, *a, **k))
+    y1 = triton_backend.quant_matmul(x1, packed, cs)
+    y2 = triton_backend.quant_matmul(x2, packed, cs)
+    y1_again = triton_backend.quant_matmul(x1, packed, cs)
     assert len(calls) == 3
     assert rel_err(y1_again, ref_matmul(x1, packed, cs)) < TOL and rel_err(y2, ref_matmul(x2, packed, cs)) < TOL
     if not CUDA:  # the interpreter runs programs in order: bit-identical; GPU atomics add in any order

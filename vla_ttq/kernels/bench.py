@@ -176,11 +176,11 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
                 entry[f"{name} tuned"] = cfg is not None
-                sms = triton_backend._num_sms(torch.device("cuda"))
-                if cfg is None and path == "gemv" and M == 1:
-                    cfg = ("gemv1",) + triton_backend._gemv1_candidates(int(name[1]), group, K, N, sms)[0]
-                elif cfg is None and path != "dequant":
-                    cfg = triton_backend._candidates(path == "dot", int(name[1]), group, K, N, M, sms)[0]
+                if cfg is None and path != "dequant":
+                    cfg = triton_backend.tile_candidates(path, M, N, K, int(name[1]), group,
+                                                         triton_backend._num_sms(torch.device("cuda")))[0]
+                    if path == "gemv" and M == 1:
+                        cfg = ("gemv1",) + cfg
                 entry[f"{name} cfg"] = cfg
         results["matmul"].append(entry)
         print(f"{set_name:9s} {layer:8s} M={M:<4d} " + " ".join(
@@ -192,7 +192,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
 
 def sweep(N, K, M, bits, group, bw, l2):
     """Time every tile candidate of one case (for choosing the heuristic). At M = 1 the one-launch
-    GEMV's (BN, GPS, warps) grid, plus the split-K kernel's heuristic tile for comparison."""
+    GEMV's (BN, GPS, warps, stages) grid, plus the split-K kernel's heuristic tile for comparison."""
     dev = DEV
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5

@@ -144,6 +144,14 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
     return out
 
 
+def _epilogue_args(x2, cs, bias, lowrank_t, lr_b) -> tuple[list, int, dict]:
+    """The optional inputs every matmul kernel takes (cs, bias, t = x Aᵀ, B; x itself stands in
+    for absent ones, never read), the rank R and the constexprs that switch them on."""
+    cs_bias_t_b = [v if v is not None else x2 for v in (cs, bias, lowrank_t, lr_b)]
+    R = 0 if lowrank_t is None else lowrank_t.shape[1]
+    return cs_bias_t_b, R, dict(HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, BR=max(2, _next_pow2(R)))
+
+
 def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[tuple]:
     """(BN, GPS, num_warps, stages) for the M = 1 kernel; the first one is the heuristic's choice.
 
@@ -194,17 +202,14 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     G = K // packed.group
     splits = math.ceil(G / gps)
     sl = _slices(packed.bits, K)
-    R = 0 if lowrank_t is None else lowrank_t.shape[1]
+    (cs_, bias_, t_, b_), R, common = _epilogue_args(x2, cs, bias, lowrank_t, lr_b)
     ws, lock, xs = _gemv1_buffers(x2.device, N, K)
-    dummy = x2
     tk.gemv1_kernel[(math.ceil(N / bn), splits)](
-        x2, cs if cs is not None else dummy, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs,
-        bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
-        lr_b if lr_b is not None else dummy,
+        x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, t_, b_,
         N, K, G, sl["row1"], sl["row2"], R, MAGIC,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GPS=gps,
-        BN=bn, BR=max(2, _next_pow2(R)), HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1,
-        HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, STAGES=stages, num_warps=warps)
+        BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1, STAGES=stages, num_warps=warps,
+        **common)
     return out
 
 
@@ -218,16 +223,12 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
     per = math.ceil(k_tiles / split)
     split = math.ceil(k_tiles / per)  # no empty programs
     sl = _slices(packed.bits, K)
-    R = 0 if lowrank_t is None else lowrank_t.shape[1]
-    common = dict(HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, BR=max(2, _next_pow2(R)))
-    dummy = x2
+    (cs_, bias_, t_, b_), R, common = _epilogue_args(x2, cs, bias, lowrank_t, lr_b)
     partial = split > 1
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
     grid = (math.ceil(N / bn), split, math.ceil(M / bm))
     tk.quant_matmul_kernel[grid](
-        x2, cs if cs is not None else dummy, packed.data, packed.scale_t, packed.zero_t, dst,
-        bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
-        lr_b if lr_b is not None else dummy,
+        x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, t_, b_,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
         BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
@@ -236,8 +237,7 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
     if partial:
         rbm, rbn = min(16, _next_pow2(M)), 128
         tk.reduce_kernel[(math.ceil(N / rbn), math.ceil(M / rbm))](
-            dst, out, bias if bias is not None else dummy, lowrank_t if lowrank_t is not None else dummy,
-            lr_b if lr_b is not None else dummy, M, N, split, R, BM=rbm, BN=rbn, num_warps=4, **common)
+            dst, out, bias_, t_, b_, M, N, split, R, BM=rbm, BN=rbn, num_warps=4, **common)
     return out
 
 
@@ -272,6 +272,16 @@ def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dty
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group,
         BN=bn, BK=bk, HAS_CS=col_scale is not None, num_warps=4)
     return out
+
+
+@functools.cache
+def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sms: int) -> tuple:
+    """The tiles ``quant_matmul`` chooses among for this call (first = the heuristic's choice):
+    the one-launch kernel's at M = 1 on the GEMV path, else the split-K kernel's. Cached: every
+    layer call of an untuned shape asks again."""
+    if M == 1 and path == "gemv":
+        return tuple(_gemv1_candidates(bits, group, K, N, sms))
+    return tuple(_candidates(path == "dot", bits, group, K, N, M, sms))
 
 
 def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
@@ -321,16 +331,15 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     if path == "gemv" and M > GEMV_MAX_M:
         raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
     if M == 1 and path == "gemv":
-        cands = _gemv1_candidates(packed.bits, packed.group, K, N, _num_sms(x.device))
         launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias,
                                    out=out)
     else:
-        cands = _candidates(use_dot, packed.bits, packed.group, K, N, M, _num_sms(x.device))
         launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias, out=out,
                                    use_dot=use_dot)
     key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
     cfg = _TUNED.get(key)
     if cfg is None:
+        cands = tile_candidates(path, M, N, K, packed.bits, packed.group, _num_sms(x.device))
         if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
             cfg = _tune(key, cands, launch)
         else:

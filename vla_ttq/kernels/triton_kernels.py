@@ -12,10 +12,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAGIC_F32 = 8388608.0  # 2^23: the float whose low mantissa bits are an integer code
-ROUND_F32 = 12582912.0  # 1.5 * 2^23: v + R - R rounds v to the nearest integer, ties to even
-
-
 @triton.jit
 def _code_float(words, shift, WBITS: tl.constexpr):
     q = ((words >> shift) & ((1 << WBITS) - 1)) | 0x4B000000
@@ -419,15 +415,12 @@ def _gemv1_slice(xs_ptr, words, g, magic, WBITS: tl.constexpr, GROUP: tl.constex
 
 
 @triton.jit
-def _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, WBITS: tl.constexpr, GROUP: tl.constexpr,
-                    GPS: tl.constexpr, HAS_CS: tl.constexpr, SLICE: tl.constexpr):
-    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
-    if HAS_CS:
-        xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
-    if SLICE == 0:  # the group sums of x / cs, for the zero points
-        gs = g0 + tl.arange(0, GPS)
-        tl.store(xs_ptr + 3 * K + gs, tl.sum(tl.reshape(xv, (GPS, GROUP)), axis=1), mask=gs < G)
-    tl.store(xs_ptr + SLICE * K + kk, xv * _slab_factor(kk, WBITS, GROUP), mask=km)
+def _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
+                     HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """y = acc + epilogue, written in out's dtype (the kernel's single output row)."""
+    offs_m = tl.arange(0, 1)
+    y = _epilogue(acc[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+    tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
 
 
 @triton.jit
@@ -455,11 +448,16 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     g0 = pid_k * GPS
     kk = g0 * GROUP + tl.arange(0, GPS * GROUP)
     km = kk < K
-    _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W0, GROUP, GPS, HAS_CS, 0)
+    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    if HAS_CS:
+        xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
+    gs = g0 + tl.arange(0, GPS)  # the group sums of x / cs, for the zero points
+    tl.store(xs_ptr + 3 * K + gs, tl.sum(tl.reshape(xv, (GPS, GROUP)), axis=1), mask=gs < G)
+    tl.store(xs_ptr + kk, xv * _slab_factor(kk, W0, GROUP), mask=km)
     if W1 > 0:
-        _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W1, GROUP, GPS, HAS_CS, 1)
+        tl.store(xs_ptr + K + kk, xv * _slab_factor(kk, W1, GROUP), mask=km)
     if W2 > 0:
-        _gemv1_scaled_x(x_ptr, cs_ptr, xs_ptr, kk, km, K, G, g0, W2, GROUP, GPS, HAS_CS, 2)
+        tl.store(xs_ptr + 2 * K + kk, xv * _slab_factor(kk, W2, GROUP), mask=km)
     tl.debug_barrier()  # the scratch is written before any thread of this program reads it
     acc = tl.zeros((BN,), tl.float32)
     # STAGES > 1: Triton software-pipelines the loop, copying the next groups' words into shared
@@ -474,7 +472,6 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         if W2 > 0:
             d += _gemv1_slice(xs_ptr + 2 * K, w2, g, magic, W2, GROUP) * (1 << OFF2)
         acc += s * d + z * tl.load(xs_ptr + 3 * K + g)
-    offs_m = tl.arange(0, 1)
     if SPLIT_K:
         tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
         tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
@@ -483,11 +480,7 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
             # read the total where the atomics left it (L2), then zero ws for the next call
             total = tl.atomic_add(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n, sem="relaxed")
             tl.store(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n)
-            y = _epilogue(total[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
-                          HAS_BIAS, HAS_LR, BR)
-            tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+            _gemv1_store_row(total, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
             tl.store(lock_ptr + pid_n, 0)
     else:
-        y = _epilogue(acc[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
-                      HAS_BIAS, HAS_LR, BR)
-        tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+        _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
