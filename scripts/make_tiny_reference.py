@@ -14,7 +14,6 @@ our model is from it here (the CI test checks the same on its own machine).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -30,24 +29,13 @@ from lerobot_bridge import (build_lerobot_policy, compare, lerobot_processors, l
                             make_observations, run_lerobot, run_ours)
 
 from vla_ttq.models import load_policy  # noqa: E402
+from vla_ttq.models.loading import weights_digest  # noqa: E402
 from vla_ttq.models.tiny import make_tiny_checkpoint  # noqa: E402
 
 TASKS = ["put the black bowl on the plate", "open the top drawer_of the cabinet\n"]
 # Two cases: both cameras, non-square raw images (resize-with-pad); wrist camera missing.
 CASES = {"a": dict(batch=2, height=48, width=64, seed=1, wrist=True),
          "b": dict(batch=1, height=40, width=40, seed=2, wrist=False)}
-
-
-def weights_digest(path: Path) -> str:
-    """sha256 over every tensor's bytes in key order (independent of the file's header layout)."""
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for k in sorted(f.keys()):
-            h.update(k.encode())
-            h.update(f.get_tensor(k).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,15 +8,14 @@ unnormaliser. If the tiny checkpoint maker changes, the digest test fails first:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from vla_ttq.models import load_policy
+from vla_ttq.models.loading import weights_digest
 from vla_ttq.models.tiny import make_tiny_checkpoint
 
 REF = np.load(Path(__file__).parent / "data" / "tiny_reference.npz")
@@ -48,12 +47,7 @@ def _observations(case: str) -> list[dict]:
 
 
 def test_reference_was_made_from_this_tiny_checkpoint(tiny_dir):
-    h = hashlib.sha256()
-    with safe_open(str(tiny_dir / "model.safetensors"), framework="pt") as f:
-        for k in sorted(f.keys()):
-            h.update(k.encode())
-            h.update(f.get_tensor(k).contiguous().numpy().tobytes())
-    assert h.hexdigest() == str(REF["weights_sha256"]), \
+    assert weights_digest(tiny_dir / "model.safetensors") == str(REF["weights_sha256"]), \
         "tiny checkpoint changed: re-run scripts/make_tiny_reference.py where lerobot 0.6.1 is installed"
 
 

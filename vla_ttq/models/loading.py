@@ -147,3 +147,16 @@ def save_checkpoint(root: Pi05Checkpoint, path: str | Path, with_lm_heads: bool 
         state.pop(EMBED)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 over every tensor's bytes in key order (independent of the file's header layout):
+    names the weights a reference output was made from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for k in sorted(f.keys()):
+            h.update(k.encode())
+            h.update(f.get_tensor(k).contiguous().numpy().tobytes())
+    return h.hexdigest()
