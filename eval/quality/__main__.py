@@ -10,6 +10,7 @@ what it measured). See docs/quality.md for the protocol.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -19,28 +20,19 @@ from pathlib import Path
 import torch
 
 from vla_ttq.config import load_yaml
+from vla_ttq.machine import cpu_model_name
 
 from .config import QualityConfig
-from .grid import as_dicts, run_grid
+from .grid import run_grid
 from .model import load_model
 from .tables import write_all
 
 DOMAIN_NAMES = {"wiki": "English Wikipedia summaries (domain A)", "kjv": "King James Bible (domain B, shifted)"}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine_description(name: str | None) -> str:
     threads = torch.get_num_threads()
-    return f"{name or platform.node()}: {_cpu_name()}, {os.cpu_count()} cores visible, {threads} torch threads, torch {torch.__version__}"
+    return f"{name or platform.node()}: {cpu_model_name() or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores visible, {threads} torch threads, torch {torch.__version__}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,7 +90,7 @@ def main(argv=None) -> int:
 
     def save(r=None) -> None:
         if r is not None:
-            results.append(as_dicts([r])[0])
+            results.append(dataclasses.asdict(r))
         meta["summary"]["wall time"] = f"{time.time() - start:.0f} s (model load included)"
         write_all(results, cfg, meta, args.out, name)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -125,6 +125,3 @@ def run_grid(model, tokenizer, cfg: QualityConfig, on_result: Callable[[Result],
     bar.close()
     return results
 
-
-def as_dicts(results: list[Result]) -> list[dict]:
-    return [asdict(r) for r in results]

@@ -68,10 +68,6 @@ class Windows:
     ids: torch.Tensor
     documents: list[int]  # indices (in the seeded order) of the documents used
 
-    @property
-    def predicted_tokens(self) -> int:
-        return self.ids.shape[0] * (self.ids.shape[1] - 1)
-
 
 def _cut(tokenizer, docs: list[str], order: list[int], n: int, length: int) -> tuple[torch.Tensor, list[int]]:
     need = n * (length - 1)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..config import config_hash, to_dict
+from ..machine import cpu_model_name
 from .build import PolicySpec, build_policy, quant_config
 from .client import RemotePolicy
 from .server import PolicyServer, ServerConfig, ServerThread
@@ -31,12 +32,7 @@ PERCENTILES = (50, 90, 99)
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model_name() or platform.processor() or platform.machine()
     info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
     with contextlib.suppress(ImportError):
