@@ -36,7 +36,7 @@ from .. import kernels
 from ..kernels.reference import effective_weight, lowrank_term
 from ..quant.modules import QuantLinear, TTQLinear, dense_effective_weight
 from .gemma import GemmaDecoderLayer, GemmaTransformer, rope_tables
-from .pi05 import Pi05Model, additive_mask, sinusoidal_time_embedding
+from .pi05 import Pi05Model, additive_mask
 
 WEIGHT_MODES = ("dense", "packed")
 
@@ -339,21 +339,18 @@ class FastSampler:
     @torch.no_grad()
     def _time_conditioning(self) -> None:
         """Per step: the AdaRMS (scale, shift, gate) of every expert norm; the flow time is fixed."""
-        m, cfg, b = self.model, self.cfg, self.batch
+        m, b = self.model, self.batch
         dt = -1.0 / self.num_steps
         self.dt = dt
         self.mods: list[list[tuple]] = []
-        width = m.action_in_proj.out_features
         norms = [n for layer in m.expert.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         norms.append(m.expert.norm)
         for step in range(self.num_steps):
             t = torch.full((b,), 1.0 + step * dt, dtype=torch.float32, device=self.device)
-            emb = sinusoidal_time_embedding(t, width, cfg.min_period, cfg.max_period)
-            cond = F.silu(m.time_mlp_out(F.silu(m.time_mlp_in(emb))))
+            cond = m.time_condition(t).unsqueeze(1)  # one condition per sequence
             per = []
             for n in norms:
-                mod = n.dense(cond.to(n.dense.weight.dtype)).unsqueeze(1)
-                scale, shift, gate = mod.chunk(3, dim=-1)
+                scale, shift, gate = n.modulation(cond)
                 per.append(((1.0 + scale.float()).contiguous(), shift.float().contiguous(),
                             gate.to(self.dtype).contiguous()))
             self.mods.append(per)
@@ -460,8 +457,8 @@ class FastSampler:
         self.token_masks.copy_(token_masks, non_blocking=True)
         self.noise.copy_(noise, non_blocking=True)
 
-    def needs_calibration(self) -> bool:
-        return any(lin.needs_calibration() for lin in self.linears.values())
+    def needs_calibration(self) -> bool:  # every call asks: only episode-TTQ layers can say yes
+        return any(lin.needs_calibration() for lin in self._episode_linears)
 
     @torch.no_grad()
     def refresh(self) -> None:

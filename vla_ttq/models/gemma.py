@@ -44,13 +44,16 @@ class AdaptiveRMSNorm(nn.Module):
         self.eps = eps
         self.dense = nn.Linear(cond_dim, 3 * dim, bias=True)
 
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale, shift, gate), each (..., dim), from the condition (..., cond_dim)."""
+        return self.dense(cond.to(self.dense.weight.dtype)).chunk(3, dim=-1)
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
         var = x.float().square().mean(-1, keepdim=True)
         normed = x * torch.rsqrt(var + self.eps)
-        mod = self.dense(cond.to(self.dense.weight.dtype))
-        if x.dim() == 3:
-            mod = mod.unsqueeze(1)
-        scale, shift, gate = mod.chunk(3, dim=-1)
+        scale, shift, gate = self.modulation(cond)
+        if x.dim() == 3:  # one condition per sequence
+            scale, shift, gate = scale.unsqueeze(1), shift.unsqueeze(1), gate.unsqueeze(1)
         normed = normed * (1.0 + scale.float()) + shift.float()
         return normed.to(x.dtype), gate.to(x.dtype)
 

@@ -127,12 +127,16 @@ class Pi05Model(nn.Module):
                                     attn_impl=self.attn_impl, final_norm=False, round_inv_freq=self.rope_like_lerobot)
         return kv, pad
 
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        """The condition (B, width) of the expert's AdaRMS norms at flow time t (B,)."""
+        cfg = self.config
+        emb = sinusoidal_time_embedding(t, self.action_in_proj.out_features, cfg.min_period, cfg.max_period)
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(emb))))
+
     def denoise_step(self, kv: KVCache, prefix_pad: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Velocity v_t of the action chunk x_t at flow time t (shape (B,))."""
         b, chunk, _ = x_t.shape
-        cfg = self.config
-        time_emb = sinusoidal_time_embedding(t, self.action_in_proj.out_features, cfg.min_period, cfg.max_period)
-        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+        cond = self.time_condition(t)
         h = self.action_in_proj(x_t)
         # actions attend to every valid prefix token and to each other
         allowed = torch.cat([prefix_pad[:, None, :].expand(b, chunk, -1),
