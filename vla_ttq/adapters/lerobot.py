@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..config import QuantConfig
 from ..models.quantize import quant_filter
-from ..quant.api import QuantReport, calibrate, quantize_, reset_ttq
+from ..quant.api import QuantReport, calibrate, iter_targets, quantize_, reset_ttq
 from ..quant.stats import ActivationStats
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _pi05_policy_class() -> type:
 def lerobot_quant_targets(policy: nn.Module, quantize_expert: bool = False) -> list[str]:
     """Names of the linears :func:`quantize_lerobot_policy` would replace (checked, never empty)."""
     keep = quant_filter(quantize_expert=quantize_expert)
-    names = [n for n, m in policy.named_modules() if keep(m, n)]
+    names = [n for n, _ in iter_targets(policy, keep)]
     if not names:
         raise ValueError(f"no PaliGemma language-model linear found in {type(policy).__name__}: expected lerobot's "
                          f"PI05Policy (modules 'model.paligemma_with_expert.paligemma.model.language_model.layers.N...')")

@@ -67,9 +67,9 @@ def main(argv=None) -> dict:
               "rows": [], "targets": [], "notes": []}
     runner = Runner(settings, log=console.print)
 
-    def checkpoint() -> None:
+    def checkpoint() -> tuple:
         result["targets"] = targets(result["rows"])
-        save(result, args.out, stem)
+        return save(result, args.out, stem)
 
     use_lerobot = args.lerobot == "on" or (args.lerobot == "auto" and device.type == "cuda" and args.preset == "full")
     if use_lerobot:
@@ -95,9 +95,8 @@ def main(argv=None) -> dict:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         runner.run(modes, progress, on_rows=add_rows)
-    checkpoint()
-    print_table(result["rows"], console)
-    json_path, md_path = save(result, args.out, stem)
+    json_path, md_path = checkpoint()
+    print_table(result["rows"], result["targets"], console)
     console.print(f"saved {json_path} and {md_path}")
     return result
 

@@ -101,7 +101,7 @@ def _cells(r: dict) -> list[str]:
     return cells
 
 
-def print_table(rows: list[dict], console=None) -> None:
+def print_table(rows: list[dict], target_rows: list[dict], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -112,10 +112,8 @@ def print_table(rows: list[dict], console=None) -> None:
     for r in rows:
         table.add_row(*_cells(r))
     console.print(table)
-    for t in targets(rows):
-        console.print(f"[bold]{t['target']}[/bold]: met={t['met']}  "
-                      + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in t.items() if k not in ("target", "met")))
+    for t in target_rows:
+        console.print(f"[bold]{t['target']}[/bold]: met={t['met']}  {_target_details(t)}")
 
 
 def markdown(result: dict) -> str:
@@ -127,9 +125,7 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join(_cells(r)) + " |")
     lines += ["", "## Targets", ""]
     for t in result["targets"]:
-        rest = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in t.items() if k not in ("target", "met"))
-        lines.append(f"- {t['target']}: **met={t['met']}** ({rest})")
+        lines.append(f"- {t['target']}: **met={t['met']}** ({_target_details(t)})")
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -142,3 +138,9 @@ def save(result: dict, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
     j.write_text(json.dumps(result, indent=1, default=str))
     md.write_text(markdown(result))
     return j, md
+
+
+def _target_details(t: dict) -> str:
+    """A target's measured values, "k=v, ..." (floats to 3 significant digits)."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in t.items() if k not in ("target", "met"))
