@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval.libero.config import EvalConfig
+from eval.libero.config import CalibConfig, EvalConfig
 from eval.libero.distributed import Chunk, WorkQueue, make_chunks, plan_chunks
 from eval.libero.grid import GridConfig, deep_merge, format_plan, load_grid, plan_grid, plan_table
 from eval.libero.plan import EpisodeItem, plan_items
 from eval.libero.results import ResultsStore, episode_key
+from vla_ttq.config import QuantConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +96,24 @@ def test_queue_affinity_and_put_back():
     while (c := q.take()) is not None:
         rest.append(c)
     assert len(rest) + 5 == 9 and len(q) == 0  # 5 taken for good above (first was put back once)
+
+
+def test_a_run_keeps_its_policy_across_suites_unless_awq_calibrates_per_suite(tmp_path):
+    """Workers rebuild pi0.5 when the chunk's policy key changes: never between the suites of a
+    fp/RTN/TTQ run (their result hashes differ, by episode length), per suite for AWQ without a
+    fixed calibration suite, once for AWQ calibrated on one suite."""
+    store = ResultsStore(tmp_path / "episodes.jsonl")
+
+    def keys(method, calib_suite=None):
+        cfg = EvalConfig(suite="all", policy="tiny", episodes=1, tasks=(0,), device="cpu",
+                         quant=QuantConfig(method=method, bits=2, group=64), calib=CalibConfig(suite=calib_suite))
+        chunks, _ = plan_chunks({"r": cfg}, store)
+        assert len({c.items[0].config_hash for c in chunks}) > 1
+        return {c.policy_key for c in chunks}
+
+    assert len(keys("ttq")) == 1
+    assert len(keys("awq")) == 4
+    assert keys("awq", "spatial") == {("r", "spatial")}
 
 
 def test_plan_chunks_skips_what_is_stored(tmp_path):

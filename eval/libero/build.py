@@ -78,7 +78,7 @@ def build_policy(eval_config: EvalConfig, *, suite: str | None = None, env_pool=
         calib_suite = cfg.calib_suite_for(suite or suites[0])
         from .calib import calibration_stats
 
-        calibration, _ = calibration_stats(policy, cfg, calib_suite, env_pool=env_pool, progress=progress)
+        calibration = calibration_stats(policy, cfg, calib_suite, env_pool=env_pool, progress=progress)
     policy.quantize(q, calibration=calibration, quantize_expert=cfg.quantize_expert)
     return policy
 

@@ -39,8 +39,9 @@ def calib_key_blob(cfg: EvalConfig, suite: str) -> dict[str, Any]:
 
 
 def calib_path(cfg: EvalConfig, suite: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", calib_key_blob(cfg, suite)["policy"]).strip("_")
-    return cfg.cache_root / "awq_stats" / slug / f"{suite}-{config_hash(calib_key_blob(cfg, suite))}.safetensors"
+    blob = calib_key_blob(cfg, suite)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", blob["policy"]).strip("_")
+    return cfg.cache_root / "awq_stats" / slug / f"{suite}-{config_hash(blob)}.safetensors"
 
 
 def calib_items(cfg: EvalConfig, suite: str) -> list[EpisodeItem]:
@@ -69,8 +70,7 @@ def check_dataset(path: str | None) -> None:
         f"omit --calib-dataset to calibrate from full-precision simulator rollouts (docs/libero.md)")
 
 
-def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None, progress: bool = True,
-                      n_envs: int | None = None) -> tuple[dict, Path]:
+def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None, progress: bool = True) -> dict:
     """Statistics for AWQ calibrated on ``suite``: loaded from the cache, or collected and saved."""
     from vla_ttq.quant.stats import load_stats
 
@@ -81,12 +81,11 @@ def calibration_stats(policy: Any, cfg: EvalConfig, suite: str, *, env_pool=None
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
             log.info("AWQ statistics for suite %s from cache %s", suite, path)
-            return load_stats(path), path
-        return _collect(policy, cfg, suite, path, env_pool=env_pool, progress=progress, n_envs=n_envs), path
+            return load_stats(path)
+        return _collect(policy, cfg, suite, path, env_pool=env_pool, progress=progress)
 
 
-def _collect(policy: Any, cfg: EvalConfig, suite: str, path: Path, *, env_pool, progress: bool,
-             n_envs: int | None) -> dict:
+def _collect(policy: Any, cfg: EvalConfig, suite: str, path: Path, *, env_pool, progress: bool) -> dict:
     from vla_ttq.quant.stats import save_stats
 
     from .rollout import run_items
@@ -96,7 +95,7 @@ def _collect(policy: Any, cfg: EvalConfig, suite: str, path: Path, *, env_pool, 
     episodes.path.unlink(missing_ok=True)  # a killed calibration restarts: its statistics were never saved
 
     def drive() -> None:
-        run_items(policy, items, episodes, n_envs=n_envs or cfg.n_envs, progress=progress, env_pool=env_pool,
+        run_items(policy, items, episodes, n_envs=cfg.n_envs, progress=progress, env_pool=env_pool,
                   desc=f"AWQ calibration ({suite})")
 
     stats = policy.collect_stats(drive, quantize_expert=cfg.quantize_expert, p=cfg.calib.p,

@@ -32,8 +32,8 @@ def _int_in(lo: int, hi: int | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is out of range [{lo}, {hi if hi is not None else 'inf'})"
-                                             if hi is None else f"{v} is out of range [{lo}, {hi}]")
+            raise argparse.ArgumentTypeError(f"{v} is out of range [{lo}, inf)" if hi is None
+                                             else f"{v} is out of range [{lo}, {hi}]")
         return v
 
     return parse
@@ -193,7 +193,7 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
     try:
         items = plan_items(cfg)
         done = store.done_keys()
-        policy = remote
+        policy, built_for = remote, None
         for suite in cfg.suites():
             suite_items = [it for it in items if it.suite == suite]
             h = cfg.result_hash(suite)
@@ -203,10 +203,11 @@ def _run(cfg: EvalConfig, *, progress: bool, env_pool, console, explicit_quant: 
                           f"{len(suite_items) - len(todo)} already done, config {h} -> {store.path}")
             if not todo:
                 continue
-            per_suite_awq = cfg.method == "awq" and cfg.calib.suite is None and len(cfg.suites()) > 1
-            if policy is None or (per_suite_awq and remote is None):
-                policy = None  # free the previous suite's model before loading the next (as EpisodeWorker)
+            # a new policy only where the calibration differs (AWQ per suite), the rule of EpisodeWorker
+            if policy is None or (remote is None and cfg.calib_suite_for(suite) != built_for):
+                policy = None  # free the previous suite's model before loading the next
                 policy = build_policy(cfg, suite=suite, env_pool=env_pool, progress=progress)
+                built_for = cfg.calib_suite_for(suite)
             run_items(policy, todo, store, n_envs=cfg.n_envs, video_dir=(out / "videos") if cfg.video else None,
                       progress=progress, env_pool=env_pool, desc=f"LIBERO {suite}")
     finally:  # an interrupted run closes its server connections too

@@ -50,9 +50,11 @@ class Chunk:
         return self.run, self.items[0].suite, self.items[0].task_id
 
     @property
-    def policy_key(self) -> tuple[str, str]:
-        """Episodes with the same key run with the same policy (result hash covers quantization, calibration)."""
-        return self.run, self.items[0].config_hash
+    def policy_key(self) -> tuple[str, str | None]:
+        """Episodes with the same key run with the same policy: a run's policy differs between its
+        suites only where AWQ calibrates on each suite (the result hash also covers per-suite
+        episode lengths, so keying on it rebuilt the policy at every suite change)."""
+        return self.run, self.items[0].calib_suite
 
 
 def make_chunks(run: str, items: list[EpisodeItem], chunk_size: int) -> list[Chunk]:
@@ -138,15 +140,12 @@ class EpisodeWorker:
                 import torch
 
                 torch.cuda.empty_cache()
-            self.policy = self._build(cfg, chunk.items[0].suite)
+            from .build import build_policy
+
+            self.policy = build_policy(cfg, suite=chunk.items[0].suite, env_pool=self.pool, progress=False)
             self.policy_key = chunk.policy_key
             self.builds += 1
         return self.policy
-
-    def _build(self, cfg: EvalConfig, suite: str) -> Any:
-        from .build import build_policy
-
-        return build_policy(cfg, suite=suite, env_pool=self.pool, progress=False)
 
     def run(self, cfg: EvalConfig, chunk: Chunk) -> list[dict]:
         """Run ``chunk``'s episodes; returns their records (the driver writes them)."""
