@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import numpy as np
-import websockets
 import websockets.sync.client as ws_client
 from serve_double import DoublePolicy
 from serve_obs import make_obs
