@@ -207,8 +207,8 @@ def sweep(N, K, M, bits, group, bw, l2):
     if M == 1:
         G = K // group
         shapes = [(256, 2), (512, 4), (1024, 4), (1024, 8)]  # (BN, warps)
-        grid = [(bn, gps, wp, st) for bn, wp in shapes for gps in (1, 2, 4, 8, 16) for st in (1, 2, 3, 4)
-                if gps <= G and bn <= max(128, triton_backend._next_pow2(N))
+        grid = [(bn, gps, wp, st, pairs) for bn, wp in shapes for gps in (1, 2, 4, 8, 16) for st in (1, 2, 3)
+                for pairs in (True, False) if gps <= G and bn <= max(128, triton_backend._next_pow2(N))
                 and math.ceil(N / bn) * math.ceil(G / gps) >= sms // 2]
         ref = reference.quant_matmul(x.double(), packed, cs.double())
         for cfg in grid:
@@ -264,7 +264,7 @@ def markdown(res) -> str:
     lines += ["", "Targets (M=1, Gemma-2B gate/up and down):", ""] + [f"- {t}" for t in res["targets"]]
     if res.get("sweep"):
         lines += ["", "Tile sweep, µs: split-K kernel (BM, BN, GT, split, warps); one-launch M = 1 kernel "
-                  "(gemv1, BN, groups per split, warps, pipeline stages)", ""]
+                  "(gemv1, BN, groups per split, warps, pipeline stages, fp16x2 pairs)", ""]
         for r in res["sweep"]:
             lines.append(f"- N={r['N']} K={r['K']} M={r['M']} W{r['bits']}: {r['cfg']} {r['us']:.1f}")
     return "\n".join(lines) + "\n"

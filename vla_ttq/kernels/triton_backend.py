@@ -2,6 +2,7 @@
 
 Rule (by the number of tokens M = x.numel() / K):
 * M == 1: the one-launch GEMV (``gemv1_kernel``: x / cs computed once per program into a scratch,
+  codes unpacked and multiplied two at a time in fp16x2 (PTX; emulated under the interpreter),
   split-K partial sums reduced by the last program to arrive, no second kernel);
 * M <= GEMV_MAX_M: split-K GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows);
 * M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized
@@ -153,7 +154,10 @@ def _epilogue_args(x2, cs, bias, lowrank_t, lr_b) -> tuple[list, int, dict]:
 
 
 def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[tuple]:
-    """(BN, GPS, num_warps, stages) for the M = 1 kernel; the first one is the heuristic's choice.
+    """(BN, GPS, num_warps, stages, pairs) for the M = 1 kernel; the first one is the heuristic's
+    choice. ``pairs``: unpack and multiply two codes per fp16x2 instruction (else fp32, one code);
+    on the H100 it tied the fp32 path on gate/up and won on down at W4 (10.2 vs 11.5 µs, run 4 in
+    docs/kernels.md), at 1.8e-3 relative error against float64 (fp32 path 1.7e-3, torch int4 2.9e-3).
 
     A thread holds BN / (32·warps) columns (16-byte loads, 4 per load); GPS = groups per program
     (K split); stages > 1 software-pipelines the group loop. From the H100 sweeps
@@ -175,12 +179,18 @@ def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[t
               (min(512, cap_n), min(2, cap_g), max(1, min(4, cap_n // 128)), 1),
               (min(1024, cap_n), 1, max(1, min(4, cap_n // 128)), 1),
               (min(256, cap_n), min(2, cap_g), max(1, min(2, cap_n // 128)), 1)]
-    return list(dict.fromkeys([first] + others))  # in order, without repeats
+    cands = [first] + others
+    return list(dict.fromkeys([c + (True,) for c in cands] + [c + (False,) for c in cands]))  # no repeats
+
+
+def _code_centre(bits: int) -> int:
+    """Σ over slices of 2^offset · 2^(width−1): the value the pairs path centres codes on."""
+    return sum((1 << (w - 1)) << off for off, w in slice_widths(bits))
 
 
 def _gemv1_buffers(device: torch.device, N: int, K: int) -> tuple:
     """Split-K workspace ws (N,) fp32 and lock counters (N,) int32, both zero between calls (the
-    kernel's last program resets them), and the x / cs scratch (3K + K/32,) fp32.
+    kernel's last program resets them), and the x / cs scratch (3K + 2K/32,) fp32.
 
     Kept per (device, stream, N, K) and never freed: a CUDA graph that captured a launch holds
     their addresses, and two streams running at once must not share counters."""
@@ -189,14 +199,14 @@ def _gemv1_buffers(device: torch.device, N: int, K: int) -> tuple:
     buf = _GEMV1_BUFFERS.get(key)
     if buf is None:
         buf = (torch.zeros(N, device=device, dtype=torch.float32), torch.zeros(N, device=device, dtype=torch.int32),
-               torch.empty(3 * K + K // 32 + 1, device=device, dtype=torch.float32))
+               torch.empty(3 * K + 2 * (K // 32) + 1, device=device, dtype=torch.float32))
         _GEMV1_BUFFERS[key] = buf
     return buf
 
 
 def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     tk = _tk()
-    bn, gps, warps, stages = cfg
+    bn, gps, warps, stages, pairs = cfg
     K = x2.shape[1]
     N = packed.shape[0]
     G = K // packed.group
@@ -207,9 +217,9 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     tk.gemv1_kernel[(math.ceil(N / bn), splits)](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, t_, b_,
         N, K, G, sl["row1"], sl["row2"], R, MAGIC,
-        W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GPS=gps,
-        BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1, STAGES=stages, num_warps=warps,
-        **common)
+        W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], MID=_code_centre(packed.bits),
+        GROUP=packed.group, GPS=gps, BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1,
+        STAGES=stages, PAIRS=pairs, ASM=not interpreting(), num_warps=warps, **common)
     return out
 
 

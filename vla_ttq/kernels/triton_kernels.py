@@ -414,6 +414,112 @@ def _gemv1_slice(xs_ptr, words, g, magic, WBITS: tl.constexpr, GROUP: tl.constex
     return tl.sum(part, axis=0)
 
 
+# fp16x2 pairs (PAIRS): two codes per 32-bit op, as Marlin does. OR-ing two w-bit fields that sit
+# at bit b of each 16-bit half into 0x6400 (fp16 1024, one unit per mantissa bit) gives the pair
+# (1024 + c·2^b) with one LOP3; subtracting 1024 + mid·2^b leaves (c − mid)·2^b exactly, and one
+# HFMA2 multiplies both by x. Per code that is ~1.6 instructions instead of 3 (LOP3, FADD, FFMA).
+# Codes are centred on mid = 2^(w−1) and x is divided by its group's |max| so the fp16 sums stay
+# small and exact-ish; both come back in fp32 per group. The three primitives below run as PTX on
+# the GPU (ASM) and are emulated with integer/float ops under the Triton CPU interpreter, which
+# cannot run PTX: the same layout, pairing and scaling, the fp16 rounding done per step by casts.
+
+
+@triton.jit
+def _f16_lo(v):
+    return (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _f16_hi(v):
+    return ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _f16x2(lo, hi):
+    """Pack two fp32 values, rounded to fp16, into one int32 (lo in bits 0-15)."""
+    lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return lo16 | (hi16 << 16)
+
+
+@triton.jit
+def _field_fma(src, mask, off, xp, acc, ASM: tl.constexpr):
+    """acc + xp·((src & mask | 0x6400_6400) − off) on both fp16 halves of int32 lanes."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{.reg .b32 t; lop3.b32 t, $1, $2, 0x64006400, 0xEA; sub.f16x2 t, t, $3; fma.rn.f16x2 $0, t, $4, $5;}",
+            "=r,r,r,r,r,r", [src, mask, off, xp, acc], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        t = (src & mask) | 0x64006400
+        lo = _f16_lo(acc) + _f16_lo(xp) * (_f16_lo(t) - _f16_lo(off))
+        hi = _f16_hi(acc) + _f16_hi(xp) * (_f16_hi(t) - _f16_hi(off))
+        return _f16x2(lo, hi)
+
+
+@triton.jit
+def _hadd2(a, b):
+    return tl.inline_asm_elementwise("add.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def _f16x2_total(v):
+    """lo + hi of fp16x2 lanes, in fp32."""
+    bits = tl.inline_asm_elementwise(
+        "{.reg .f16 l, h; .reg .f32 a, b; mov.b32 {l, h}, $1; cvt.f32.f16 a, l; cvt.f32.f16 b, h; "
+        "add.f32 a, a, b; mov.b32 $0, a;}", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pair_shift(p, WBITS: tl.constexpr):
+    """Where pair p (field p of each 16-bit half) is read: in place when it ends inside the fp16
+    mantissa (bit 10), else from the word shifted right by 8."""
+    b = p * WBITS
+    return tl.where(b + WBITS <= 10, b, b - 8)
+
+
+@triton.jit
+def _store_pairs(xh_ptr, xn, kk, km, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """Write x'' = x / (cs·|max|) of each channel, times 2^-shift of its field, as fp16 into its
+    place in the pair scratch: per group, pair p, word row j: (field p, field p + 16/w) as the
+    (lo, hi) halves of one int32 that ``_gemv1_pairs`` multiplies with one word's two fields."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    HALF: tl.constexpr = 16 // WBITS
+    pos = kk % GROUP
+    i = pos // WG
+    p = i % HALF
+    factor = ((127 - _pair_shift(p, WBITS)) << 23).to(tl.float32, bitcast=True)
+    idx = kk - pos + ((p * WG + pos % WG) * 2 + i // HALF)
+    tl.store(xh_ptr + idx, (xn * factor).to(tl.float16), mask=km)
+
+
+@triton.jit
+def _gemv1_pairs(xw_ptr, words, g, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr):
+    """Σ_k x''_k·(c_k − mid) (BN,) in fp32 over group g of one slice, summed in fp16x2 lanes."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    HALF: tl.constexpr = 16 // WBITS
+    r = tl.arange(0, WG)
+    high = words >> 8
+    acc = tl.zeros(words.shape, tl.int32)
+    for p in tl.static_range(HALF):
+        xp = tl.broadcast_to(tl.load(xw_ptr + g * (GROUP // 2) + p * WG + r)[:, None], words.shape)
+        if p * WBITS + WBITS <= 10:
+            src = words
+            sh = p * WBITS
+        else:
+            src = high
+            sh = p * WBITS - 8
+        field = ((1 << WBITS) - 1) << sh
+        mask = tl.full(words.shape, field | (field << 16), tl.int32)
+        off = 0x6400 | ((1 << (WBITS - 1)) << sh)
+        acc = _field_fma(src, mask, tl.full(words.shape, off | (off << 16), tl.int32), xp, acc, ASM)
+    if ASM:  # word rows summed in fp16x2 too, one conversion per group
+        return _f16x2_total(tl.reduce(acc, 0, _hadd2))
+    else:  # rows summed in fp32: tl.reduce with a Python combine is very slow in the interpreter
+        return tl.sum(_f16_lo(acc), axis=0) + tl.sum(_f16_hi(acc), axis=0)
+
+
 @triton.jit
 def _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
                      HAS_LR: tl.constexpr, BR: tl.constexpr):
@@ -424,18 +530,79 @@ def _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
 
 
 @triton.jit
+def _sum_max(s1, m1, s2, m2):
+    return s1 + s2, tl.maximum(m1, m2)
+
+
+@triton.jit
+def _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
+                   GROUP: tl.constexpr, GPS: tl.constexpr, HAS_CS: tl.constexpr, PAIRS: tl.constexpr):
+    """Phase 1 of gemv1_kernel: x / cs of groups [g0, g0 + GPS) into the scratch."""
+    gs = g0 + tl.arange(0, GPS)
+    kk = gs[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    km = kk < K
+    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    if HAS_CS:
+        xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
+    if PAIRS:  # one cross-thread reduction for both: each costs shared memory and barriers
+        xsum, amax = tl.reduce((xv, tl.abs(xv)), 1, _sum_max)
+        tl.store(xs_ptr + 3 * K + gs, xsum, mask=gs < G)  # group sums, for the zero points
+        amax = tl.where(amax > 0, amax, 1.0)
+        tl.store(xs_ptr + 3 * K + G + gs, amax, mask=gs < G)
+        xn = xv / amax[:, None]
+        xh_ptr = xs_ptr.to(tl.pointer_type(tl.float16))  # slice s at 2sK halves
+        _store_pairs(xh_ptr, xn, kk, km, W0, GROUP)
+        if W1 > 0:
+            _store_pairs(xh_ptr + 2 * K, xn, kk, km, W1, GROUP)
+        if W2 > 0:
+            _store_pairs(xh_ptr + 4 * K, xn, kk, km, W2, GROUP)
+    else:
+        tl.store(xs_ptr + 3 * K + gs, tl.sum(xv, axis=1), mask=gs < G)
+        tl.store(xs_ptr + kk, xv * _slab_factor(kk, W0, GROUP), mask=km)
+        if W1 > 0:
+            tl.store(xs_ptr + K + kk, xv * _slab_factor(kk, W1, GROUP), mask=km)
+        if W2 > 0:
+            tl.store(xs_ptr + 2 * K + kk, xv * _slab_factor(kk, W2, GROUP), mask=km)
+
+
+@triton.jit
+def _gemv1_group(xs_ptr, w0, w1, w2, g, K, G, magic, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
+                 OFF1: tl.constexpr, OFF2: tl.constexpr, MID: tl.constexpr, GROUP: tl.constexpr,
+                 PAIRS: tl.constexpr, ASM: tl.constexpr):
+    """(Σ_k (x_k / cs_k)·c_k, Σ_k x_k / cs_k) over group g, (BN,) and scalar, in fp32."""
+    xsum = tl.load(xs_ptr + 3 * K + g)
+    if PAIRS:  # centred codes of x / |max|: scale back and add the centre
+        xw_ptr = xs_ptr.to(tl.pointer_type(tl.int32))
+        d = _gemv1_pairs(xw_ptr, w0, g, W0, GROUP, ASM)
+        if W1 > 0:
+            d += _gemv1_pairs(xw_ptr + K, w1, g, W1, GROUP, ASM) * (1 << OFF1)
+        if W2 > 0:
+            d += _gemv1_pairs(xw_ptr + 2 * K, w2, g, W2, GROUP, ASM) * (1 << OFF2)
+        d = d * tl.load(xs_ptr + 3 * K + G + g) + MID * xsum
+    else:
+        d = _gemv1_slice(xs_ptr, w0, g, magic, W0, GROUP)
+        if W1 > 0:
+            d += _gemv1_slice(xs_ptr + K, w1, g, magic, W1, GROUP) * (1 << OFF1)
+        if W2 > 0:
+            d += _gemv1_slice(xs_ptr + 2 * K, w2, g, magic, W2, GROUP) * (1 << OFF2)
+    return d, xsum
+
+
+@triton.jit
 def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
                  N, K, G, row1, row2, R, magic,
                  W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
-                 GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, HAS_CS: tl.constexpr,
-                 EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
-                 STAGES: tl.constexpr):
+                 MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                 HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_LR: tl.constexpr, STAGES: tl.constexpr, PAIRS: tl.constexpr, ASM: tl.constexpr):
     """y (1, N) = (x / cs) Ŵᵀ + epilogue for one token, in one launch. Grid (N / BN, G / GPS).
 
-    1. Each program writes x' = (x / cs)·2^-pos of its GPS groups, one value per thread, to the
-       scratch ``xs`` (3 slices × K, then the G group sums); programs of the same K range write the
-       same values. Every thread then reads x' with 16-byte loads instead of dividing it again:
-       x work per thread is per input channel, and each channel meets only BN/threads columns.
+    1. Each program writes its GPS groups of x / cs, one value per thread, to the scratch ``xs``
+       (3 slices × K, then the G group sums, then with PAIRS the G group |max|); programs of the
+       same K range write the same values. Fp32 path: x' = (x / cs)·2^-pos per channel. PAIRS:
+       fp16 pairs matched to the word's two fp16 halves (``_store_pairs``). Every thread then
+       reads them with 16-byte loads instead of dividing again: x work per thread is per input
+       channel, and each channel meets only BN/threads columns.
     2. Words of one group are reduced over their rows, then scaled once (S) and given Z·Σx.
     3. With several K splits each program adds its partial sums into the fp32 workspace ``ws`` (N,)
        and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving ws at 0),
@@ -446,32 +613,31 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
     g0 = pid_k * GPS
-    kk = g0 * GROUP + tl.arange(0, GPS * GROUP)
-    km = kk < K
-    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
-    if HAS_CS:
-        xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
-    gs = g0 + tl.arange(0, GPS)  # the group sums of x / cs, for the zero points
-    tl.store(xs_ptr + 3 * K + gs, tl.sum(tl.reshape(xv, (GPS, GROUP)), axis=1), mask=gs < G)
-    tl.store(xs_ptr + kk, xv * _slab_factor(kk, W0, GROUP), mask=km)
-    if W1 > 0:
-        tl.store(xs_ptr + K + kk, xv * _slab_factor(kk, W1, GROUP), mask=km)
-    if W2 > 0:
-        tl.store(xs_ptr + 2 * K + kk, xv * _slab_factor(kk, W2, GROUP), mask=km)
+    g_end = tl.minimum(g0 + GPS, G)
+    # PREFETCH: each group's words are loaded one step ahead, the first before phase 1 (whose x
+    # loads and reductions then overlap them). Timed on the H100 (scripts/gemv1_anatomy.py): it
+    # helps the pairs path, whose arithmetic is short, and slows the fp32 path, so only there;
+    # with one group per program there is nothing ahead (and the reload below would double the
+    # loads: Qwen3-4B q_proj W4 went from 6.6 to 8.9 µs).
+    PREFETCH: tl.constexpr = PAIRS and GPS > 1
+    w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP, EVEN_N)
+    _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
     tl.debug_barrier()  # the scratch is written before any thread of this program reads it
     acc = tl.zeros((BN,), tl.float32)
     # STAGES > 1: Triton software-pipelines the loop, copying the next groups' words into shared
     # memory (cp.async) while this group is computed; without it every program loads, then
     # computes, and the SMs wait on memory and then on arithmetic instead of both at once.
-    for g in tl.range(g0, tl.minimum(g0 + GPS, G), num_stages=STAGES):
-        w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
-                                       EVEN_N)
-        d = _gemv1_slice(xs_ptr, w0, g, magic, W0, GROUP)
-        if W1 > 0:
-            d += _gemv1_slice(xs_ptr + K, w1, g, magic, W1, GROUP) * (1 << OFF1)
-        if W2 > 0:
-            d += _gemv1_slice(xs_ptr + 2 * K, w2, g, magic, W2, GROUP) * (1 << OFF2)
-        acc += s * d + z * tl.load(xs_ptr + 3 * K + g)
+    for g in tl.range(g0, g_end, num_stages=STAGES):
+        if PREFETCH:  # the last step reloads its own group (cache hits) rather than branch
+            n0, n1, n2, ns, nz = _gemv1_load(w_ptr, s_ptr, z_ptr, tl.minimum(g + 1, g_end - 1), offs_n, mask_n, N,
+                                             row1, row2, W0, W1, W2, GROUP, EVEN_N)
+        else:
+            w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
+                                           EVEN_N)
+        d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, K, G, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, PAIRS, ASM)
+        acc += s * d + z * xsum
+        if PREFETCH:
+            w0, w1, w2, s, z = n0, n1, n2, ns, nz
     if SPLIT_K:
         tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
         tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
