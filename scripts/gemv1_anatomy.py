@@ -21,7 +21,7 @@ import triton.language as tl
 
 from vla_ttq.kernels import triton_backend
 from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, n_copies
-from vla_ttq.kernels.triton_kernels import _gemv1_group, _gemv1_load, _gemv1_scratch, _gemv1_store_row
+from vla_ttq.kernels.triton_kernels import _gemv1_group, _gemv1_load, _gemv1_scratch, _gemv1_split_k_tail
 
 
 @triton.jit
@@ -70,14 +70,8 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
                 w0, w1, w2, s, z = n0, n1, n2, ns, nz
         acc += bits.to(tl.float32)
         if TAIL:
-            tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
-            tl.debug_barrier()
-            arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
-            if arrived == tl.num_programs(1) - 1:
-                total = tl.atomic_add(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n, sem="relaxed")
-                tl.store(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n)
-                _gemv1_store_row(total, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
-                tl.store(lock_ptr + pid_n, 0)
+            _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+                                HAS_BIAS, HAS_LR, BR)
         else:
             tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
 

@@ -530,6 +530,23 @@ def _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
 
 
 @triton.jit
+def _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+                        HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """Add this program's partial sums into ws and count it in lock[column block]; the last
+    program of the column block writes y from the total and leaves ws and lock at zero."""
+    pid_n = tl.program_id(0)
+    tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
+    arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+    if arrived == tl.num_programs(1) - 1:
+        # read the total where the atomics left it (L2), then zero ws for the next call
+        total = tl.atomic_add(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n, sem="relaxed")
+        tl.store(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n)
+        _gemv1_store_row(total, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        tl.store(lock_ptr + pid_n, 0)
+
+
+@triton.jit
 def _sum_max(s1, m1, s2, m2):
     return s1 + s2, tl.maximum(m1, m2)
 
@@ -639,14 +656,7 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         if PREFETCH:
             w0, w1, w2, s, z = n0, n1, n2, ns, nz
     if SPLIT_K:
-        tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
-        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == tl.num_programs(1) - 1:
-            # read the total where the atomics left it (L2), then zero ws for the next call
-            total = tl.atomic_add(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n, sem="relaxed")
-            tl.store(ws_ptr + offs_n, tl.zeros((BN,), tl.float32), mask=mask_n)
-            _gemv1_store_row(total, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
-            tl.store(lock_ptr + pid_n, 0)
+        _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS,
+                            HAS_LR, BR)
     else:
         _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
