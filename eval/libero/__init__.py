@@ -3,4 +3,4 @@
 from .protocol import configure_rendering
 
 # robosuite/mujoco read MUJOCO_GL when first imported: pick the headless backend before that.
-configure_rendering()
+configure_rendering()  # runs on the first import of any eval.libero module, so the modules need not call it

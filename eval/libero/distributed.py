@@ -118,10 +118,8 @@ class EpisodeWorker:
     Used as a Ray actor (see :func:`run_distributed`), and plain in-process in tests."""
 
     def __init__(self, device: str = "cpu"):
-        from .env import EnvPool
-        from .protocol import configure_rendering
+        from .env import EnvPool  # importing eval.libero set MUJOCO_GL (eval/libero/__init__.py)
 
-        configure_rendering()
         self.device = device
         self.pool = EnvPool()
         self.policy: Any = None

@@ -47,7 +47,6 @@ class LiberoTaskEnv:
     """One task's simulator: ``reset(init_state, seed)`` and ``step(action)`` return contract observations."""
 
     def __init__(self, suite: str, task_id: int, camera_res: int = protocol.CAMERA_RES):
-        configure_rendering()
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
 

@@ -49,7 +49,6 @@ def configure_rendering() -> None:
 
 def benchmark_suite(short: str):
     """The LIBERO benchmark object of a suite (cheap: no simulator is created)."""
-    configure_rendering()
     from libero.libero import benchmark
 
     return benchmark.get_benchmark_dict()[SUITES[short]]()

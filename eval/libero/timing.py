@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=_int_in(1), default=50)  # (0 steps or resets gave NaN medians)
     p.add_argument("--resets", type=_int_in(1), default=3)
     args = p.parse_args(argv)
-    protocol.configure_rendering()
     for res in args.camera_res:
         print(json.dumps(measure(args.suite, args.task, res, args.steps, args.resets)), flush=True)
     return 0
