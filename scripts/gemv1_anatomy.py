@@ -45,8 +45,9 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
         mask_n = offs_n < N
         g0 = pid_k * GPS
         g_end = tl.minimum(g0 + GPS, G)
-        w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
-                                       EVEN_N)
+        if PREFETCH:
+            w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
+                                           EVEN_N)
         if SCRATCH:
             _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
             tl.debug_barrier()

@@ -20,7 +20,6 @@ from collections import defaultdict
 import numpy as np
 
 from . import protocol
-from .protocol import configure_rendering
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -286,5 +285,4 @@ def default_pool() -> EnvPool:
     return _DEFAULT_POOL
 
 
-__all__ = ["LiberoTaskEnv", "SubprocEnv", "EnvPool", "frame_of", "default_pool", "to_observation", "quat_to_axis_angle",
-           "configure_rendering"]
+__all__ = ["LiberoTaskEnv", "SubprocEnv", "EnvPool", "frame_of", "default_pool", "to_observation", "quat_to_axis_angle"]

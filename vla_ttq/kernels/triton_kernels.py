@@ -637,7 +637,9 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     # with one group per program there is nothing ahead (and the reload below would double the
     # loads: Qwen3-4B q_proj W4 went from 6.6 to 8.9 µs).
     PREFETCH: tl.constexpr = PAIRS and GPS > 1
-    w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP, EVEN_N)
+    if PREFETCH:
+        w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
+                                       EVEN_N)
     _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
     tl.debug_barrier()  # the scratch is written before any thread of this program reads it
     acc = tl.zeros((BN,), tl.float32)
