@@ -26,7 +26,7 @@ from vla_ttq.kernels.triton_kernels import _gemv1_group, _gemv1_load, _gemv1_scr
 
 @triton.jit
 def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
-                   N, K, G, row1, row2, R, magic,
+                   N, K, G, row1, row2, R, magic, xs_per_block,
                    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                    MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
                    HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -45,6 +45,7 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
         mask_n = offs_n < N
         g0 = pid_k * GPS
         g_end = tl.minimum(g0 + GPS, G)
+        xs_ptr += pid_n * xs_per_block
         if PREFETCH:
             w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                            EVEN_N)
@@ -61,7 +62,7 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
                 w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2,
                                                GROUP, EVEN_N)
             if COMPUTE:
-                d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, K, G, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP,
+                d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP,
                                        PAIRS, ASM)
                 acc += s * d + z * xsum
             else:
@@ -77,16 +78,17 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
             tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
 
 
-VARIANTS = {  # name: (SCRATCH, COMPUTE, TAIL, WORK, PREFETCH); None: the production kernel itself
+VARIANTS = {  # name: (SCRATCH, COMPUTE, TAIL, WORK, PREFETCH, scratch copy per column block); None: production
     "gemv1_kernel": None,
-    "full kernel": (True, True, True, True, False),
-    "full, prefetch": (True, True, True, True, True),
-    "no tail": (True, True, False, True, False),
-    "no scratch phase": (False, True, True, True, False),
-    "no scratch, no tail": (False, True, False, True, False),
-    "loads only (no scratch, compute, tail)": (False, False, False, True, False),
-    "loads + tail": (False, False, True, True, False),
-    "empty grid": (False, False, False, False, False),
+    "full kernel": (True, True, True, True, False, True),
+    "full, prefetch": (True, True, True, True, True, True),
+    "full, prefetch, one shared scratch": (True, True, True, True, True, False),
+    "no tail": (True, True, False, True, False, True),
+    "no scratch phase": (False, True, True, True, False, True),
+    "no scratch, no tail": (False, True, False, True, False, True),
+    "loads only (no scratch, compute, tail)": (False, False, False, True, False, True),
+    "loads + tail": (False, False, True, True, False, True),
+    "empty grid": (False, False, False, False, False, True),
 }
 
 
@@ -97,11 +99,13 @@ def launch(cfg, flags, x, cs, packed, out):
     K, N = x.shape[1], packed.shape[0]
     G = K // packed.group
     sl = triton_backend._slices(packed.bits, K)
-    ws, lock, xs = triton_backend._gemv1_buffers(x.device, N, K)
-    scratch, compute, tail, work, prefetch = flags
-    anatomy_kernel[(math.ceil(N / bn), math.ceil(G / gps))](
+    grid = (math.ceil(N / bn), math.ceil(G / gps))
+    scratch, compute, tail, work, prefetch, private = flags
+    per_block, numel = triton_backend._gemv1_scratch_size(K, packed.group, grid[0] if private else 1)
+    ws, lock, xs = triton_backend._gemv1_buffers(x.device, N, numel)
+    anatomy_kernel[grid](
         x, cs, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, x, x, x,
-        N, K, G, sl["row1"], sl["row2"], 0, triton_backend.MAGIC,
+        N, K, G, sl["row1"], sl["row2"], 0, triton_backend.MAGIC, per_block if private else 0,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"],
         MID=triton_backend._code_centre(packed.bits), GROUP=packed.group, GPS=gps, BN=bn, BR=2, HAS_CS=True,
         EVEN_N=N % bn == 0, SPLIT_K=True, HAS_BIAS=False, HAS_LR=False, STAGES=stages, PAIRS=pairs, ASM=True,

@@ -174,7 +174,7 @@ def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_works
             out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
             triton_backend._launch_gemv1(cfg, x, cs.float(), packed, t, lowrank[0], bias, out)
             assert rel_err(out, ref) < (PAIRS_TOL if cfg[4] else TOL), (group, N, cfg)
-        ws, lock, _ = triton_backend._gemv1_buffers(DEV, N, K)
+        ws, lock, _ = triton_backend._gemv1_buffers(x.device, N, 1)  # x.device: cuda:0, as the launch keys it
         assert not ws.any() and not lock.any()
 
 

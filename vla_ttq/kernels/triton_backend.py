@@ -35,7 +35,7 @@ GEMV_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
-_GEMV1_BUFFERS: dict[tuple, tuple] = {}  # (device, stream, N, K) -> (ws, lock, xs), never freed (see _gemv1_buffers)
+_GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers)
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
               torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
@@ -188,20 +188,29 @@ def _code_centre(bits: int) -> int:
     return sum((1 << (w - 1)) << off for off, w in slice_widths(bits))
 
 
-def _gemv1_buffers(device: torch.device, N: int, K: int) -> tuple:
+def _gemv1_buffers(device: torch.device, N: int, xs_numel: int) -> tuple:
     """Split-K workspace ws (N,) fp32 and lock counters (N,) int32, both zero between calls (the
-    kernel's last program resets them), and the x / cs scratch (3K + 2K/32,) fp32.
+    kernel's last program resets them), and an x / cs scratch of ``xs_numel`` fp32.
 
-    Kept per (device, stream, N, K) and never freed: a CUDA graph that captured a launch holds
+    Kept per (device, stream) and size, never freed: a CUDA graph that captured a launch holds
     their addresses, and two streams running at once must not share counters."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, N, K)
-    buf = _GEMV1_BUFFERS.get(key)
-    if buf is None:
-        buf = (torch.zeros(N, device=device, dtype=torch.float32), torch.zeros(N, device=device, dtype=torch.int32),
-               torch.empty(3 * K + 2 * (K // 32) + 1, device=device, dtype=torch.float32))
-        _GEMV1_BUFFERS[key] = buf
-    return buf
+
+    def cached(key, make):
+        if (device, stream) + key not in _GEMV1_BUFFERS:
+            _GEMV1_BUFFERS[(device, stream) + key] = make()
+        return _GEMV1_BUFFERS[(device, stream) + key]
+
+    ws, lock = cached(("ws", N), lambda: (torch.zeros(N, device=device, dtype=torch.float32),
+                                          torch.zeros(N, device=device, dtype=torch.int32)))
+    return ws, lock, cached(("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
+
+
+def _gemv1_scratch_size(K: int, group: int, blocks: int) -> tuple[int, int]:
+    """(fp32 per column block, total) of gemv1's x scratch: 3·group + 4 per group (one run per
+    code slice, Σx, |max|; ``_gemv1_scratch``), one copy per column block."""
+    per_block = (K // group) * (3 * group + 4)
+    return per_block, per_block * blocks
 
 
 def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
@@ -210,15 +219,16 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     K = x2.shape[1]
     N = packed.shape[0]
     G = K // packed.group
-    splits = math.ceil(G / gps)
+    grid = (math.ceil(N / bn), math.ceil(G / gps))
     sl = _slices(packed.bits, K)
     (cs_, bias_, t_, b_), R, common = _epilogue_args(x2, cs, bias, lowrank_t, lr_b)
-    ws, lock, xs = _gemv1_buffers(x2.device, N, K)
-    tk.gemv1_kernel[(math.ceil(N / bn), splits)](
+    per_block, numel = _gemv1_scratch_size(K, packed.group, grid[0])
+    ws, lock, xs = _gemv1_buffers(x2.device, N, numel)
+    tk.gemv1_kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, t_, b_,
-        N, K, G, sl["row1"], sl["row2"], R, MAGIC,
+        N, K, G, sl["row1"], sl["row2"], R, MAGIC, per_block,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], MID=_code_centre(packed.bits),
-        GROUP=packed.group, GPS=gps, BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=splits > 1,
+        GROUP=packed.group, GPS=gps, BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=grid[1] > 1,
         STAGES=stages, PAIRS=pairs, ASM=not interpreting(), num_warps=warps, **common)
     return out
 

@@ -393,8 +393,9 @@ def _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0: tl.co
 
 
 @triton.jit
-def _gemv1_slice(xs_ptr, words, g, magic, WBITS: tl.constexpr, GROUP: tl.constexpr):
-    """Σ_k x'_k · c_k (BN,) over group g of one slice, x' = (x / cs)·2^-pos read from the scratch.
+def _gemv1_slice(xg_ptr, words, magic, WBITS: tl.constexpr, GROUP: tl.constexpr):
+    """Σ_k x'_k · c_k (BN,) over one group of one slice, x' = (x / cs)·2^-pos read from the
+    group's place in the scratch (``xg_ptr``).
 
     Every word row of a group shares one scale, so rows are summed before the caller applies it.
     ``magic`` = 0x4B000000 arrives as a runtime value so it stays in a register: a code then costs
@@ -405,7 +406,7 @@ def _gemv1_slice(xs_ptr, words, g, magic, WBITS: tl.constexpr, GROUP: tl.constex
     high = words >> 12
     part = tl.zeros(words.shape, tl.float32)
     for i in tl.static_range(CPW):
-        xi = tl.load(xs_ptr + g * GROUP + i * WG + r)  # L1: this program wrote it (and so evicted stale lines)
+        xi = tl.load(xg_ptr + i * WG + r)  # L1: this program wrote it (and so evicted stale lines)
         if i * WBITS + WBITS <= 23:  # the field ends inside the mantissa: read it in place
             q = (words & (((1 << WBITS) - 1) << (i * WBITS))) | magic
         else:  # one shift of the word by 12 serves every high field
@@ -480,30 +481,30 @@ def _pair_shift(p, WBITS: tl.constexpr):
 
 
 @triton.jit
-def _store_pairs(xh_ptr, xn, kk, km, WBITS: tl.constexpr, GROUP: tl.constexpr):
+def _store_pairs(xh_ptr, xn, pos, km, WBITS: tl.constexpr, GROUP: tl.constexpr):
     """Write x'' = x / (cs·|max|) of each channel, times 2^-shift of its field, as fp16 into its
     place in the pair scratch: per group, pair p, word row j: (field p, field p + 16/w) as the
-    (lo, hi) halves of one int32 that ``_gemv1_pairs`` multiplies with one word's two fields."""
+    (lo, hi) halves of one int32 that ``_gemv1_pairs`` multiplies with one word's two fields.
+    ``xh_ptr``: each group's place (in halves), ``pos``: the channel's position in its group."""
     WG: tl.constexpr = GROUP * WBITS // 32
     HALF: tl.constexpr = 16 // WBITS
-    pos = kk % GROUP
     i = pos // WG
     p = i % HALF
     factor = ((127 - _pair_shift(p, WBITS)) << 23).to(tl.float32, bitcast=True)
-    idx = kk - pos + ((p * WG + pos % WG) * 2 + i // HALF)
-    tl.store(xh_ptr + idx, (xn * factor).to(tl.float16), mask=km)
+    tl.store(xh_ptr + ((p * WG + pos % WG) * 2 + i // HALF), (xn * factor).to(tl.float16), mask=km)
 
 
 @triton.jit
-def _gemv1_pairs(xw_ptr, words, g, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr):
-    """Σ_k x''_k·(c_k − mid) (BN,) in fp32 over group g of one slice, summed in fp16x2 lanes."""
+def _gemv1_pairs(xw_ptr, words, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr):
+    """Σ_k x''_k·(c_k − mid) (BN,) in fp32 over one group of one slice, summed in fp16x2 lanes;
+    ``xw_ptr``: the group's x'' pairs in the scratch."""
     WG: tl.constexpr = GROUP * WBITS // 32
     HALF: tl.constexpr = 16 // WBITS
     r = tl.arange(0, WG)
     high = words >> 8
     acc = tl.zeros(words.shape, tl.int32)
     for p in tl.static_range(HALF):
-        xp = tl.broadcast_to(tl.load(xw_ptr + g * (GROUP // 2) + p * WG + r)[:, None], words.shape)
+        xp = tl.broadcast_to(tl.load(xw_ptr + p * WG + r)[:, None], words.shape)
         if p * WBITS + WBITS <= 10:
             src = words
             sh = p * WBITS
@@ -554,60 +555,68 @@ def _sum_max(s1, m1, s2, m2):
 @triton.jit
 def _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
                    GROUP: tl.constexpr, GPS: tl.constexpr, HAS_CS: tl.constexpr, PAIRS: tl.constexpr):
-    """Phase 1 of gemv1_kernel: x / cs of groups [g0, g0 + GPS) into the scratch."""
+    """Phase 1 of gemv1_kernel: x / cs of groups [g0, g0 + GPS) into the scratch, group-major:
+    group g's place is the 3·GROUP + 4 fp32 at g·(3·GROUP + 4) (one GROUP-long run per code
+    slice, then Σx and, with PAIRS, |max|; 16-byte aligned for the readers' vector loads)."""
+    GS: tl.constexpr = 3 * GROUP + 4
     gs = g0 + tl.arange(0, GPS)
-    kk = gs[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    pos = tl.arange(0, GROUP)[None, :]
+    kk = gs[:, None] * GROUP + pos
     km = kk < K
+    gm = gs < G
     xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
     if HAS_CS:
         xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
+    base = gs * GS
     if PAIRS:  # one cross-thread reduction for both: each costs shared memory and barriers
         xsum, amax = tl.reduce((xv, tl.abs(xv)), 1, _sum_max)
-        tl.store(xs_ptr + 3 * K + gs, xsum, mask=gs < G)  # group sums, for the zero points
+        tl.store(xs_ptr + base + 3 * GROUP, xsum, mask=gm)  # group sums, for the zero points
         amax = tl.where(amax > 0, amax, 1.0)
-        tl.store(xs_ptr + 3 * K + G + gs, amax, mask=gs < G)
+        tl.store(xs_ptr + base + 3 * GROUP + 1, amax, mask=gm)
         xn = xv / amax[:, None]
-        xh_ptr = xs_ptr.to(tl.pointer_type(tl.float16))  # slice s at 2sK halves
-        _store_pairs(xh_ptr, xn, kk, km, W0, GROUP)
+        xh_ptr = xs_ptr.to(tl.pointer_type(tl.float16)) + 2 * base[:, None]  # slice s at 2s·GROUP halves
+        _store_pairs(xh_ptr, xn, pos, km, W0, GROUP)
         if W1 > 0:
-            _store_pairs(xh_ptr + 2 * K, xn, kk, km, W1, GROUP)
+            _store_pairs(xh_ptr + 2 * GROUP, xn, pos, km, W1, GROUP)
         if W2 > 0:
-            _store_pairs(xh_ptr + 4 * K, xn, kk, km, W2, GROUP)
+            _store_pairs(xh_ptr + 4 * GROUP, xn, pos, km, W2, GROUP)
     else:
-        tl.store(xs_ptr + 3 * K + gs, tl.sum(xv, axis=1), mask=gs < G)
-        tl.store(xs_ptr + kk, xv * _slab_factor(kk, W0, GROUP), mask=km)
+        tl.store(xs_ptr + base + 3 * GROUP, tl.sum(xv, axis=1), mask=gm)
+        xp_ptr = xs_ptr + base[:, None] + pos
+        tl.store(xp_ptr, xv * _slab_factor(kk, W0, GROUP), mask=km)
         if W1 > 0:
-            tl.store(xs_ptr + K + kk, xv * _slab_factor(kk, W1, GROUP), mask=km)
+            tl.store(xp_ptr + GROUP, xv * _slab_factor(kk, W1, GROUP), mask=km)
         if W2 > 0:
-            tl.store(xs_ptr + 2 * K + kk, xv * _slab_factor(kk, W2, GROUP), mask=km)
+            tl.store(xp_ptr + 2 * GROUP, xv * _slab_factor(kk, W2, GROUP), mask=km)
 
 
 @triton.jit
-def _gemv1_group(xs_ptr, w0, w1, w2, g, K, G, magic, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
+def _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
                  OFF1: tl.constexpr, OFF2: tl.constexpr, MID: tl.constexpr, GROUP: tl.constexpr,
                  PAIRS: tl.constexpr, ASM: tl.constexpr):
     """(Σ_k (x_k / cs_k)·c_k, Σ_k x_k / cs_k) over group g, (BN,) and scalar, in fp32."""
-    xsum = tl.load(xs_ptr + 3 * K + g)
+    xg_ptr = xs_ptr + g * (3 * GROUP + 4)
+    xsum = tl.load(xg_ptr + 3 * GROUP)
     if PAIRS:  # centred codes of x / |max|: scale back and add the centre
-        xw_ptr = xs_ptr.to(tl.pointer_type(tl.int32))
-        d = _gemv1_pairs(xw_ptr, w0, g, W0, GROUP, ASM)
+        xw_ptr = xg_ptr.to(tl.pointer_type(tl.int32))
+        d = _gemv1_pairs(xw_ptr, w0, W0, GROUP, ASM)
         if W1 > 0:
-            d += _gemv1_pairs(xw_ptr + K, w1, g, W1, GROUP, ASM) * (1 << OFF1)
+            d += _gemv1_pairs(xw_ptr + GROUP, w1, W1, GROUP, ASM) * (1 << OFF1)
         if W2 > 0:
-            d += _gemv1_pairs(xw_ptr + 2 * K, w2, g, W2, GROUP, ASM) * (1 << OFF2)
-        d = d * tl.load(xs_ptr + 3 * K + G + g) + MID * xsum
+            d += _gemv1_pairs(xw_ptr + 2 * GROUP, w2, W2, GROUP, ASM) * (1 << OFF2)
+        d = d * tl.load(xg_ptr + 3 * GROUP + 1) + MID * xsum
     else:
-        d = _gemv1_slice(xs_ptr, w0, g, magic, W0, GROUP)
+        d = _gemv1_slice(xg_ptr, w0, magic, W0, GROUP)
         if W1 > 0:
-            d += _gemv1_slice(xs_ptr + K, w1, g, magic, W1, GROUP) * (1 << OFF1)
+            d += _gemv1_slice(xg_ptr + GROUP, w1, magic, W1, GROUP) * (1 << OFF1)
         if W2 > 0:
-            d += _gemv1_slice(xs_ptr + 2 * K, w2, g, magic, W2, GROUP) * (1 << OFF2)
+            d += _gemv1_slice(xg_ptr + 2 * GROUP, w2, magic, W2, GROUP) * (1 << OFF2)
     return d, xsum
 
 
 @triton.jit
 def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
-                 N, K, G, row1, row2, R, magic,
+                 N, K, G, row1, row2, R, magic, xs_per_block,
                  W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                  MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
                  HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -615,8 +624,8 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     """y (1, N) = (x / cs) Ŵᵀ + epilogue for one token, in one launch. Grid (N / BN, G / GPS).
 
     1. Each program writes its GPS groups of x / cs, one value per thread, to the scratch ``xs``
-       (3 slices × K, then the G group sums, then with PAIRS the G group |max|); programs of the
-       same K range write the same values. Fp32 path: x' = (x / cs)·2^-pos per channel. PAIRS:
+       (group-major, ``_gemv1_scratch``), in its column block's own copy (``xs_per_block`` fp32
+       apart; 0: one copy, which programs of the same K range write with the same values). Fp32 path: x' = (x / cs)·2^-pos per channel. PAIRS:
        fp16 pairs matched to the word's two fp16 halves (``_store_pairs``). Every thread then
        reads them with 16-byte loads instead of dividing again: x work per thread is per input
        channel, and each channel meets only BN/threads columns.
@@ -631,6 +640,9 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     mask_n = offs_n < N
     g0 = pid_k * GPS
     g_end = tl.minimum(g0 + GPS, G)
+    # each column block's own copy of the scratch (xs_per_block > 0): when the blocks of one K range
+    # all wrote the same values to one place, the stores to shared lines cost ~0.8 µs on gate/up
+    xs_ptr += pid_n * xs_per_block
     # PREFETCH: each group's words are loaded one step ahead, the first before phase 1 (whose x
     # loads and reductions then overlap them). Timed on the H100 (scripts/gemv1_anatomy.py): it
     # helps the pairs path, whose arithmetic is short, and slows the fp32 path, so only there;
@@ -653,7 +665,7 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         else:
             w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                            EVEN_N)
-        d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, K, G, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, PAIRS, ASM)
+        d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, PAIRS, ASM)
         acc += s * d + z * xsum
         if PREFETCH:
             w0, w1, w2, s, z = n0, n1, n2, ns, nz
