@@ -63,6 +63,14 @@ def test_default_is_exactly_the_seven_linears_of_every_language_model_layer(tiny
         policy.quantize(RTN8)
 
 
+def test_fp_records_the_config_and_replaces_nothing(tiny_dir):
+    policy = load_policy(tiny_dir, quant=QuantConfig(method="fp"))
+    assert not any(isinstance(m, (QuantLinear, TTQLinear)) for m in _linears(policy).values())
+    assert policy.metadata["quant"]["method"] == "fp" and policy.metadata["quantized_modules"] == 0
+    assert policy.quant_report is None and policy.quantized_modules() == []
+    assert len(policy.quantize(RTN8).modules) == 7 * policy.config.language.depth  # still full precision
+
+
 def test_expert_option_adds_the_expert_blocks(tiny_dir):
     policy = load_policy(tiny_dir)
     report = policy.quantize(RTN8, quantize_expert=True)
