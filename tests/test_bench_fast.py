@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from contract_obs import make_obs
 
 if not torch.cuda.is_available():  # the Triton backend runs under its CPU interpreter (as in test_kernels)
     os.environ["TRITON_INTERPRET"] = "1"
@@ -225,15 +226,6 @@ def test_compiled_glue_equals_eager():
     torch.testing.assert_close(comp.ada(x, 1e-6, s1, sh), eager.ada(x, 1e-6, s1, sh))
 
 
-def _contract_obs(seed: int) -> dict:
-    import numpy as np
-
-    g = np.random.default_rng(seed)
-    return {"observation/image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-            "observation/wrist_image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-            "observation/state": g.normal(0, 0.3, 8).astype(np.float32), "prompt": "pick up the milk"}
-
-
 def test_policy_fast_sampler_same_actions(tmp_path):
     import numpy as np
 
@@ -242,7 +234,7 @@ def test_policy_fast_sampler_same_actions(tmp_path):
     d = make_tiny_checkpoint(tmp_path / "ck", seed=3)
     plain, fast = load_policy(d), load_policy(d, fast=True)
     assert fast.metadata["fast_sampler"] and not plain.metadata["fast_sampler"]
-    obs = [_contract_obs(i) for i in range(2)]
+    obs = [make_obs(i, side=256) for i in range(2)]
     noise = plain.sample_noise(2)
     np.testing.assert_allclose(fast.predict_chunk(obs, noise=noise), plain.predict_chunk(obs, noise=noise),
                                rtol=1e-5, atol=1e-5)
@@ -257,7 +249,7 @@ def test_policy_fast_sampler_same_actions(tmp_path):
     for episode in range(2):  # each episode re-calibrates on its first call, in both
         plain.reset(), fast.reset()
         for step in range(2):
-            batch = [_contract_obs(10 * episode + step + i) for i in range(2)]
+            batch = [make_obs(10 * episode + step + i, side=256) for i in range(2)]
             noise = plain.sample_noise(2)
             np.testing.assert_allclose(fast.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise),
                                        rtol=1e-5, atol=1e-5)
