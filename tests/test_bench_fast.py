@@ -5,14 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 
 import pytest
 import torch
 from contract_obs import make_obs
-
-if not torch.cuda.is_available():  # the Triton backend runs under its CPU interpreter (as in test_kernels)
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models.fast import FastSampler, ttq_call_forward
@@ -28,8 +24,8 @@ B = 2
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return load_policy(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)).root
+def root(tiny_dir):
+    return load_policy(tiny_dir).root
 
 
 def _inputs(cfg, seed: int, batch: int = B):

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from contract_obs import make_obs
 
 from vla_ttq.models import load_policy
-from vla_ttq.models.tiny import make_tiny_checkpoint
 
 SIDE = 256  # LIBERO's camera images, resized to the tiny model's 32 x 32
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from contract_obs import make_obs
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models import load_policy
-from vla_ttq.models.tiny import make_tiny_checkpoint
 from vla_ttq.quant.modules import QuantLinear, TTQLinear
 
 LM = r"model\.paligemma_with_expert\.paligemma\.model\.language_model\.layers\.\d+\."
@@ -22,11 +20,6 @@ EXPERT = r"model\.paligemma_with_expert\.gemma_expert\.model\.layers\.\d+\."
 BLOCK = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
 RTN8 = QuantConfig(method="rtn", bits=8, group=64)
 HW = (40, 48)  # not square: the resize pads
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("quant"), seed=0)
 
 
 def _linears(policy) -> dict[str, nn.Module]:
