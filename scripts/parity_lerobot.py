@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lerobot_bridge import (build_lerobot_policy, compare, lerobot_processors, lerobot_version,  # noqa: E402
                             make_observations, run_lerobot, run_ours)
 
+from vla_ttq.bench.measure import time_calls  # noqa: E402
 from vla_ttq.models.config import Pi05Config  # noqa: E402
 from vla_ttq.models.pi05 import Pi05Checkpoint, param_dtype  # noqa: E402
 from vla_ttq.models.policy import Pi05Policy  # noqa: E402
@@ -47,22 +49,11 @@ LIBERO_CONFIG = {
 }
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def bench(fn, iters: int, warmup: int = 2) -> dict:
+def bench(fn, device: str, iters: int, warmup: int = 2) -> dict:
     for _ in range(warmup):
         fn()
-    _sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+    times = time_calls(fn, torch.device(device), iters, budget_s=math.inf)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": len(times)}
 
 
 def float_compare(a: dict, b: dict) -> dict:
@@ -150,17 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         inp = ours.prepare(one)
         timing = {
             "lerobot_sample_actions": bench(lambda: policy.model.sample_actions(limgs, lmasks, ltok, lmask, noise=n1),
-                                            args.iters),
+                                            dev, args.iters),
             "ours_sample_actions_eager": bench(lambda: root.model.sample_actions(
-                inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], n1), args.iters),
+                inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], n1), dev, args.iters),
         }
         root.model.attn_impl = "sdpa"
         timing["ours_sample_actions_sdpa"] = bench(lambda: root.model.sample_actions(
-            inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], n1), args.iters)
+            inp["images"], inp["image_masks"], inp["tokens"], inp["token_masks"], n1), dev, args.iters)
         root.model.attn_impl = "eager"
         timing["lerobot_policy_call"] = bench(lambda: post(policy.predict_action_chunk(pre(lerobot_batch(one)),
-                                                                                       noise=n1)), args.iters)
-        timing["ours_policy_call"] = bench(lambda: ours.predict_chunk(one, noise=noise[:1]), args.iters)
+                                                                                       noise=n1)), dev, args.iters)
+        timing["ours_policy_call"] = bench(lambda: ours.predict_chunk(one, noise=noise[:1]), dev, args.iters)
         timing["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         res["latency_bf16_b1"] = timing
     res["wall_s"] = time.time() - t0

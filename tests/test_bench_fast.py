@@ -5,13 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():  # the Triton backend runs under its CPU interpreter (as in test_kernels)
-    os.environ["TRITON_INTERPRET"] = "1"
+from contract_obs import make_obs
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models.fast import FastSampler, ttq_call_forward
@@ -27,8 +24,8 @@ B = 2
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return load_policy(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)).root
+def root(tiny_dir):
+    return load_policy(tiny_dir).root
 
 
 def _inputs(cfg, seed: int, batch: int = B):
@@ -225,15 +222,6 @@ def test_compiled_glue_equals_eager():
     torch.testing.assert_close(comp.ada(x, 1e-6, s1, sh), eager.ada(x, 1e-6, s1, sh))
 
 
-def _contract_obs(seed: int) -> dict:
-    import numpy as np
-
-    g = np.random.default_rng(seed)
-    return {"observation/image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-            "observation/wrist_image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-            "observation/state": g.normal(0, 0.3, 8).astype(np.float32), "prompt": "pick up the milk"}
-
-
 def test_policy_fast_sampler_same_actions(tmp_path):
     import numpy as np
 
@@ -242,7 +230,7 @@ def test_policy_fast_sampler_same_actions(tmp_path):
     d = make_tiny_checkpoint(tmp_path / "ck", seed=3)
     plain, fast = load_policy(d), load_policy(d, fast=True)
     assert fast.metadata["fast_sampler"] and not plain.metadata["fast_sampler"]
-    obs = [_contract_obs(i) for i in range(2)]
+    obs = [make_obs(i, side=256) for i in range(2)]
     noise = plain.sample_noise(2)
     np.testing.assert_allclose(fast.predict_chunk(obs, noise=noise), plain.predict_chunk(obs, noise=noise),
                                rtol=1e-5, atol=1e-5)
@@ -257,7 +245,7 @@ def test_policy_fast_sampler_same_actions(tmp_path):
     for episode in range(2):  # each episode re-calibrates on its first call, in both
         plain.reset(), fast.reset()
         for step in range(2):
-            batch = [_contract_obs(10 * episode + step + i) for i in range(2)]
+            batch = [make_obs(10 * episode + step + i, side=256) for i in range(2)]
             noise = plain.sample_noise(2)
             np.testing.assert_allclose(fast.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise),
                                        rtol=1e-5, atol=1e-5)

@@ -1,27 +1,23 @@
 """Kernel backends against the float64 reference on fresh random data.
 
-Without CUDA the Triton kernels run under the Triton CPU interpreter (TRITON_INTERPRET=1, set here
-before any kernel is decorated); with CUDA the same tests run the compiled kernels in bf16.
+Without CUDA the Triton kernels run under the Triton CPU interpreter (TRITON_INTERPRET=1, set in
+conftest.py before any kernel is decorated); with CUDA the same tests run the compiled kernels in bf16.
 """
 
 import math
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from vla_ttq import kernels  # noqa: E402
-from vla_ttq.config import QuantConfig  # noqa: E402
-from vla_ttq.kernels import reference, triton_backend  # noqa: E402
-from vla_ttq.kernels.layout import PlanarPackedWeight, planar_pack, planar_unpack, slice_widths  # noqa: E402
-from vla_ttq.quant import QuantLinear, TTQLinear  # noqa: E402
+from vla_ttq import kernels
+from vla_ttq.config import QuantConfig
+from vla_ttq.kernels import reference, triton_backend
+from vla_ttq.kernels.layout import PlanarPackedWeight, planar_pack, planar_unpack, slice_widths
+from vla_ttq.quant import QuantLinear, TTQLinear
 
 pytest.importorskip("triton")
 
+CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
 XDTYPE = torch.bfloat16 if CUDA else torch.float32
 TOL = 1e-2 if CUDA else 1e-5  # bf16 output rounding on GPU; fp32 arithmetic in the interpreter

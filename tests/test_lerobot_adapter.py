@@ -127,16 +127,15 @@ def test_clear_error_without_lerobot():
 
 # --- lerobot's real PI05Policy (tiny sizes, our tiny checkpoint's weights) ---------------------
 @pytest.fixture(scope="module")
-def lerobot_tiny(tmp_path_factory):
+def lerobot_tiny(tiny_dir):
     pytest.importorskip("lerobot")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from lerobot_bridge import build_lerobot_policy, lerobot_processors, make_observations
     from safetensors.torch import load_file
 
     from vla_ttq.models import load_policy
-    from vla_ttq.models.tiny import make_tiny_checkpoint
 
-    d = make_tiny_checkpoint(tmp_path_factory.mktemp("lr"), seed=0)
+    d = tiny_dir
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = load_policy(d).config
     state = load_file(str(d / "model.safetensors"))

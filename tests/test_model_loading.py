@@ -16,11 +16,6 @@ from vla_ttq.models.tiny import make_tiny_checkpoint, tiny_config
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
 def test_tiny_round_trip_exact(tiny_dir):
     stored = load_file(str(tiny_dir / "model.safetensors"))
     root = build_model(Pi05Config.from_file(tiny_dir / "config.json"), tiny_dir / "model.safetensors")

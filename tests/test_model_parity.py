@@ -16,17 +16,11 @@ import torch
 
 from vla_ttq.models import load_policy
 from vla_ttq.models.loading import weights_digest
-from vla_ttq.models.tiny import make_tiny_checkpoint
 
 REF = np.load(Path(__file__).parent / "data" / "tiny_reference.npz")
 CASES = sorted({k.split("_", 1)[0] for k in REF.files if k.endswith("_noise")})
 # float32 on CPU; the reference script measured bit-equal results on its machine.
 ATOL, RTOL = 2e-5, 1e-5
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("parity"), seed=0)
 
 
 @pytest.fixture(scope="module")

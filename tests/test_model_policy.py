@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from contract_obs import make_obs
 
 from vla_ttq.models import load_policy
-from vla_ttq.models.tiny import make_tiny_checkpoint
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy"), seed=0)
+SIDE = 256  # LIBERO's camera images, resized to the tiny model's 32 x 32
 
 
 @pytest.fixture(scope="module")
@@ -21,27 +16,18 @@ def policy(tiny_dir):
     return load_policy(tiny_dir)
 
 
-def _obs(seed: int, wrist: bool = True) -> dict:
-    g = np.random.default_rng(seed)
-    obs = {"observation/image": g.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-           "observation/state": g.normal(0, 0.3, 8).astype(np.float32), "prompt": "pick up the milk"}
-    if wrist:
-        obs["observation/wrist_image"] = g.integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    return obs
-
-
 def test_infer_returns_n_action_steps_of_the_chunk(policy):
-    out = policy.infer(_obs(0))
+    out = policy.infer(make_obs(0, side=SIDE))
     assert set(out) == {"actions"}
     assert out["actions"].shape == (policy.config.n_action_steps, 7) == (10, 7)
     assert out["actions"].dtype == np.float32 and np.isfinite(out["actions"]).all()
-    chunk = policy.predict_chunk([_obs(0)], noise=policy.sample_noise(1))
+    chunk = policy.predict_chunk([make_obs(0, side=SIDE)], noise=policy.sample_noise(1))
     assert chunk.shape == (1, policy.config.chunk_size, 7)
 
 
 def test_n_action_steps_option(tiny_dir):
     p = load_policy(tiny_dir, n_action_steps=4, num_inference_steps=2)
-    assert p.infer(_obs(1))["actions"].shape == (4, 7)
+    assert p.infer(make_obs(1, side=SIDE))["actions"].shape == (4, 7)
     assert p.metadata["n_action_steps"] == 4 and p.metadata["num_inference_steps"] == 2
     for bad in (0, 51):
         with pytest.raises(ValueError, match="n_action_steps"):
@@ -50,8 +36,8 @@ def test_n_action_steps_option(tiny_dir):
 
 def test_batch_equals_single_calls_with_the_same_noise(policy):
     noise = policy.sample_noise(2)
-    both = policy.infer_batch([_obs(2), _obs(3)], noise=noise)
-    one = policy.infer_batch([_obs(3)], noise=noise[1:])
+    both = policy.infer_batch([make_obs(2, side=SIDE), make_obs(3, side=SIDE)], noise=noise)
+    one = policy.infer_batch([make_obs(3, side=SIDE)], noise=noise[1:])
     assert len(both) == 2
     np.testing.assert_allclose(both[1]["actions"], one[0]["actions"], atol=1e-4)
     assert not np.allclose(both[0]["actions"], both[1]["actions"])
@@ -59,19 +45,19 @@ def test_batch_equals_single_calls_with_the_same_noise(policy):
 
 def test_same_seed_same_actions_and_reset_keeps_working(tiny_dir):
     a, b = load_policy(tiny_dir, seed=5), load_policy(tiny_dir, seed=5)
-    first = a.infer(_obs(4))["actions"]
-    np.testing.assert_array_equal(first, b.infer(_obs(4))["actions"])
+    first = a.infer(make_obs(4, side=SIDE))["actions"]
+    np.testing.assert_array_equal(first, b.infer(make_obs(4, side=SIDE))["actions"])
     a.reset()
     a.reset(env_index=0)
-    second = a.infer(_obs(4))["actions"]  # fresh noise: a different sample of the same policy
+    second = a.infer(make_obs(4, side=SIDE))["actions"]  # fresh noise: a different sample of the same policy
     assert second.shape == first.shape and not np.array_equal(first, second)
 
 
 def test_missing_wrist_camera_is_an_empty_camera(policy):
-    inp = policy.prepare([_obs(5, wrist=False)])
+    inp = policy.prepare([make_obs(5, side=SIDE, wrist=False)])
     assert [bool(m[0]) for m in inp["image_masks"]] == [True, False]
     assert float(inp["images"][1].max()) == -1.0
-    assert policy.infer(_obs(5, wrist=False))["actions"].shape == (10, 7)
+    assert policy.infer(make_obs(5, side=SIDE, wrist=False))["actions"].shape == (10, 7)
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -81,7 +67,7 @@ def test_missing_wrist_camera_is_an_empty_camera(policy):
     (lambda o: [o.pop("observation/image"), o.pop("observation/wrist_image")], "no camera image"),
 ])
 def test_bad_observations_are_named(policy, edit, match):
-    obs = _obs(6)
+    obs = make_obs(6, side=SIDE)
     edit(obs)
     with pytest.raises(ValueError, match=match):
         policy.infer(obs)
@@ -89,4 +75,4 @@ def test_bad_observations_are_named(policy, edit, match):
 
 def test_camera_present_in_part_of_a_batch_is_refused(policy):
     with pytest.raises(ValueError, match="some observations"):
-        policy.infer_batch([_obs(7), _obs(8, wrist=False)])
+        policy.infer_batch([make_obs(7, side=SIDE), make_obs(8, side=SIDE, wrist=False)])

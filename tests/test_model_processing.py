@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,7 @@ from vla_ttq.models import load_policy
 from vla_ttq.models.policy import resolve_tokenizer
 from vla_ttq.models.processing import (Normalizer, PromptTokenizer, discretize_state, image_to_model_input,
                                        make_prompt, read_processor_files, resize_with_pad)
-from vla_ttq.models.tiny import SPECIALS, make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("proc"), seed=0)
+from vla_ttq.models.tiny import SPECIALS
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -5,33 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch.nn as nn
+from contract_obs import make_obs
 
 from vla_ttq.config import QuantConfig
 from vla_ttq.models import load_policy
-from vla_ttq.models.tiny import make_tiny_checkpoint
 from vla_ttq.quant.modules import QuantLinear, TTQLinear
 
 LM = r"model\.paligemma_with_expert\.paligemma\.model\.language_model\.layers\.\d+\."
 EXPERT = r"model\.paligemma_with_expert\.gemma_expert\.model\.layers\.\d+\."
 BLOCK = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
 RTN8 = QuantConfig(method="rtn", bits=8, group=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("quant"), seed=0)
-
-
-def _obs(seed: int = 0) -> dict:
-    g = np.random.default_rng(seed)
-    return {"observation/image": g.integers(0, 255, (40, 48, 3), dtype=np.uint8),
-            "observation/wrist_image": g.integers(0, 255, (40, 48, 3), dtype=np.uint8),
-            "observation/state": g.normal(0, 0.3, 8).astype(np.float32), "prompt": "turn on the stove"}
+HW = (40, 48)  # not square: the resize pads
 
 
 def _linears(policy) -> dict[str, nn.Module]:
@@ -63,6 +51,14 @@ def test_default_is_exactly_the_seven_linears_of_every_language_model_layer(tiny
         policy.quantize(RTN8)
 
 
+def test_fp_records_the_config_and_replaces_nothing(tiny_dir):
+    policy = load_policy(tiny_dir, quant=QuantConfig(method="fp"))
+    assert not any(isinstance(m, (QuantLinear, TTQLinear)) for m in _linears(policy).values())
+    assert policy.metadata["quant"]["method"] == "fp" and policy.metadata["quantized_modules"] == 0
+    assert policy.quant_report is None and policy.quantized_modules() == []
+    assert len(policy.quantize(RTN8).modules) == 7 * policy.config.language.depth  # still full precision
+
+
 def test_expert_option_adds_the_expert_blocks(tiny_dir):
     policy = load_policy(tiny_dir)
     report = policy.quantize(RTN8, quantize_expert=True)
@@ -78,7 +74,7 @@ def test_report_is_saved_and_actions_stay_close(tiny_dir, tmp_path):
     fp = load_policy(tiny_dir)
     q = load_policy(tiny_dir, quant=RTN8)
     noise = fp.sample_noise(1)
-    a, b = fp.predict_chunk([_obs()], noise=noise), q.predict_chunk([_obs()], noise=noise)
+    a, b = fp.predict_chunk([make_obs(0, side=HW)], noise=noise), q.predict_chunk([make_obs(0, side=HW)], noise=noise)
     assert np.isfinite(b).all()
     rel = np.linalg.norm(a - b) / np.linalg.norm(a)
     assert 0 < rel < 0.05
@@ -91,7 +87,7 @@ def test_awq_needs_calibration_and_uses_collected_stats(tiny_dir):
     policy = load_policy(tiny_dir)
     with pytest.raises(ValueError, match="calibration"):
         load_policy(tiny_dir, quant=QuantConfig(method="awq", bits=4, group=64))
-    stats = policy.collect_stats([_obs(0), _obs(1)], batch_size=2)
+    stats = policy.collect_stats([make_obs(0, side=HW), make_obs(1, side=HW)], batch_size=2)
     assert len(stats) == 7 * policy.config.language.depth
     report = policy.quantize(QuantConfig(method="awq", bits=4, group=64, alpha_grid=(0.0, 0.5)), stats)
     assert set(report.awq_alpha) == set(report.modules)
@@ -101,7 +97,7 @@ def test_ttq_per_episode_recalibrates_after_reset(tiny_dir):
     policy = load_policy(tiny_dir, quant=QuantConfig(method="ttq", bits=4, group=64, recompute="episode"))
     ttq = [m for m in policy.root.modules() if isinstance(m, TTQLinear)]
     assert len(ttq) == 7 * policy.config.language.depth
-    policy.infer(_obs())
+    policy.infer(make_obs(0, side=HW))
     assert all(m._cache for m in ttq)
     policy.reset()
     assert not any(m._cache for m in ttq)

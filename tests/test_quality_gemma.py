@@ -24,16 +24,17 @@ if missing and not os.environ.get("CI"):
                 allow_module_level=True)
 
 from eval.quality.config import QualityConfig  # noqa: E402
-from eval.quality.grid import build_windows, collect_awq_stats, original_linears_restored  # noqa: E402
+from eval.quality.grid import original_linears_restored, run_grid  # noqa: E402
 from eval.quality.model import body_linear_filter, load_model  # noqa: E402
-from eval.quality.perplexity import perplexity  # noqa: E402
 
 BITS, GROUP = 3, 32
 # TTQ may trail AWQ by at most 5 % under shift: the paper's own Table 3 has TTQ (r=0) up to 3.5 %
 # behind the best AWQ (OPT-2.7B, 2 bits: 23.7 vs 22.9), and this test sees only ~1k tokens per domain.
 SHIFT_TOLERANCE = 1.05
 # Coarser α grid than the benchmark's 21 points (CI time); it contains TTQ's α = 0.5 and α = 0 (RTN).
-CI = QualityConfig(seq_len=256, n_eval=4, n_calib=4, reservoir=64,
+# One cell (3 bits, g = 32), rows RTN / AWQ (wiki calibration) / TTQ r=0.
+CI = QualityConfig(bits=(BITS,), groups=(GROUP,), table3_group=GROUP, table2_bits=BITS, ttq_ranks=(0,),
+                   seq_len=256, n_eval=4, n_calib=4, reservoir=64,
                    quant=QuantConfig(check_finite=False, alpha_grid=(0.0, 0.25, 0.5, 0.75, 1.0)))
 
 
@@ -48,15 +49,10 @@ def loaded():
 @pytest.fixture(scope="module")
 def measured(loaded):
     model, tok = loaded
-    evals, calibs = build_windows(CI, tok)
-    stats = collect_awq_stats(model, CI, calibs["wiki"], lambda: None)
-    ppl = {("fp", d): perplexity(model, w.ids) for d, w in evals.items()}
-    for method in ("rtn", "awq", "ttq"):
-        with original_linears_restored(model, body_linear_filter):
-            report = quantize_(model, CI.quant_config(method, BITS, GROUP, 0), body_linear_filter, stats)
-            assert len(report.modules) == 18 * 7  # every body linear, never the LM head
-            for d, w in evals.items():
-                ppl[(method, d)] = perplexity(model, w.ids)
+    results = run_grid(model, tok, CI, progress=False)
+    assert {(r.bits, r.group, r.rank) for r in results if r.method != "fp"} == {(BITS, GROUP, 0)}
+    ppl = {(r.method, r.domain): r.ppl for r in results}
+    assert len(ppl) == len(results) == 4 * 2  # fp, RTN, AWQ, TTQ on both domains
     print({f"{m}/{d}": round(v, 2) for (m, d), v in ppl.items()})
     return ppl
 
@@ -82,7 +78,8 @@ def test_linears_are_restored_after_a_cell(loaded, measured):
     model, _ = loaded
     before = dict(model.named_modules())
     with original_linears_restored(model, body_linear_filter):
-        quantize_(model, QuantConfig("rtn", 3, 64), body_linear_filter)
+        report = quantize_(model, QuantConfig("rtn", 3, 64), body_linear_filter)
+        assert len(report.modules) == 18 * 7  # every body linear, never the LM head
         assert not isinstance(model.get_submodule("model.layers.0.mlp.down_proj"), torch.nn.Linear)
     after = dict(model.named_modules())
     assert all(after[n] is m for n, m in before.items())

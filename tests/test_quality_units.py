@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from eval.quality.config import QualityConfig
-from eval.quality.grid import original_linears_restored
+from eval.quality import grid
+from eval.quality.grid import build_windows, original_linears_restored
 from eval.quality.model import body_linear_filter
 from eval.quality.perplexity import perplexity, ppl_from_nll
 from eval.quality.tables import markdown
@@ -66,6 +67,21 @@ def test_linears_restored_even_when_quantizing_fails():
             assert model.mid is not mid and model.lm_head is head
             quantize_(model, QuantConfig("awq", 3, 32), body_linear_filter)  # no calibration: error
     assert model.mid is mid and model.lm_head is head
+
+
+@pytest.mark.parametrize("methods,cut", [(("rtn", "ttq"), [("kjv", 0)]), (("rtn", "awq"), [("kjv", 0), ("wiki", 3)])])
+def test_calibration_text_is_cut_only_when_awq_runs(monkeypatch, methods, cut):
+    calls = []
+
+    def windows(tokenizer, domain, n_eval, n_calib, length, seed=0):
+        calls.append((domain, n_calib))
+        return domain + "/eval", domain + "/calib"
+
+    monkeypatch.setattr(grid, "make_windows", windows)
+    cfg = QualityConfig(methods=methods, calib_domains=("wiki",), eval_domains=("kjv",), n_calib=3)
+    evals, calibs = build_windows(cfg, tokenizer=None)
+    assert calls == cut and evals == {"kjv": "kjv/eval"}
+    assert calibs == ({"wiki": "wiki/calib"} if "awq" in methods else {})
 
 
 def test_markdown_marks_best_and_second_best():

@@ -14,8 +14,8 @@ import urllib.request
 
 import numpy as np
 import websockets.sync.client as ws_client
+from contract_obs import make_obs
 from serve_double import DoublePolicy
-from serve_obs import make_obs
 
 from vla_ttq.serve import PolicyServer, ServerConfig, ServerThread, codec
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+from contract_obs import make_obs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from openpi_client import msgpack_numpy as openpi_codec
-from serve_obs import make_obs
 
 from vla_ttq.serve import codec
 from vla_ttq.serve.protocol import ObservationSpec, RequestError, check_policy_output, parse_request, validate_request

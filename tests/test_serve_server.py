@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import websockets
 import websockets.sync.client as ws_client
+from contract_obs import make_obs
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from serve_double import DoublePolicy
-from serve_obs import make_obs
 
 from vla_ttq.serve import PolicyServer, ServerConfig, ServerThread, codec
 from vla_ttq.serve.client import RemotePolicy, RemotePolicyError

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import websockets
 import websockets.sync.client as ws_client
-from serve_obs import make_obs
+from contract_obs import make_obs
 
 from vla_ttq.serve import codec
 

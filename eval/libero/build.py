@@ -67,9 +67,6 @@ def build_policy(eval_config: EvalConfig, *, suite: str | None = None, env_pool=
         return RemotePolicy(cfg.server)
     policy = load_fp_policy(cfg)
     q = cfg.quant
-    if q.method == "fp":
-        policy.quant_config = q
-        return policy
     calibration = None
     if q.method == "awq":
         suites = cfg.suites()

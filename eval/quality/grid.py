@@ -53,13 +53,15 @@ def original_linears_restored(model: torch.nn.Module, filter_fn):
 
 
 def build_windows(cfg: QualityConfig, tokenizer) -> tuple[dict[str, Windows], dict[str, Windows]]:
+    """(evaluation, calibration) windows per domain; calibration ones only when AWQ runs (nothing else uses them)."""
+    calib_domains = cfg.calib_domains if "awq" in cfg.methods else ()
     evals, calibs = {}, {}
-    for d in dict.fromkeys(cfg.eval_domains + cfg.calib_domains):
-        ev, cal = make_windows(tokenizer, d, cfg.n_eval, cfg.n_calib if d in cfg.calib_domains else 0,
+    for d in dict.fromkeys(cfg.eval_domains + calib_domains):
+        ev, cal = make_windows(tokenizer, d, cfg.n_eval, cfg.n_calib if d in calib_domains else 0,
                                cfg.seq_len, cfg.seed)
         if d in cfg.eval_domains:
             evals[d] = ev
-        if d in cfg.calib_domains:
+        if d in calib_domains:
             calibs[d] = cal
     return evals, calibs
 
@@ -83,9 +85,7 @@ def run_grid(model, tokenizer, cfg: QualityConfig, on_result: Callable[[Result],
     cells = cfg.bit_group_cells()
     rows = cfg.methods_of_cell()
     n_eval_windows = sum(w.ids.shape[0] for w in evals.values())
-    total = n_eval_windows * (1 + len(cells) * len(rows))
-    if "awq" in cfg.methods:
-        total += sum(c.ids.shape[0] for c in calibs.values())
+    total = n_eval_windows * (1 + len(cells) * len(rows)) + sum(c.ids.shape[0] for c in calibs.values())
     bar = tqdm(total=total, unit="window", desc="quality", disable=not progress, dynamic_ncols=True)
     results: list[Result] = []
 
@@ -107,9 +107,8 @@ def run_grid(model, tokenizer, cfg: QualityConfig, on_result: Callable[[Result],
                                     group=None), 0.0)
     stats = {}
     for d, w in calibs.items():
-        if "awq" in cfg.methods:
-            bar.set_postfix_str(f"AWQ calibration on {d}")
-            stats[d] = collect_awq_stats(model, cfg, w, lambda: bar.update(1))
+        bar.set_postfix_str(f"AWQ calibration on {d}")
+        stats[d] = collect_awq_stats(model, cfg, w, lambda: bar.update(1))
     for bits, group in cells:
         for method, rank, calib in rows:
             qcfg = cfg.quant_config(method, bits, group, rank)

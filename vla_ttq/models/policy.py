@@ -260,9 +260,14 @@ class Pi05Policy:
 
     def quantize(self, quant: QuantConfig, calibration: dict[str, ActivationStats] | str | Path | None = None,
                  quantize_expert: bool = False) -> QuantReport:
-        """Apply :func:`vla_ttq.quant.quantize_` to the selected linears; records and logs the report."""
+        """Apply :func:`vla_ttq.quant.quantize_` to the selected linears; records and logs the report.
+
+        ``quant.method == "fp"`` only records the config (metadata); the layers stay as they are."""
         if self.quant_report is not None:
             raise RuntimeError("policy is already quantized")
+        if quant.method == "fp":  # no quant_report: the policy stays full precision (collect_stats still works)
+            self.quant_config = quant
+            return QuantReport(quant.method)
         if isinstance(calibration, (str, Path)):
             calibration = load_stats(calibration)
         self.quantize_expert = quantize_expert
@@ -319,12 +324,10 @@ def load_policy(path_or_hub_id: str | Path, device: str | torch.device = "cpu", 
     root.model.rope_like_lerobot = bool(rope_like_lerobot)
     policy = Pi05Policy(root, processor, PromptTokenizer(tok_path, max_len), str(path_or_hub_id), torch.device(device),
                         state_prompt=state_prompt, camera_map=camera_map, seed=seed)
-    if quant is not None and quant.method != "fp":
+    if quant is not None:
         report = policy.quantize(quant, calibration, quantize_expert=quantize_expert)
-        if verbose:
+        if verbose and report.modules:
             print(report.summary())
-    elif quant is not None:
-        policy.quant_config = quant
     if fast:
         policy.use_fast_sampler()
     return policy
