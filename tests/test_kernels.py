@@ -325,3 +325,27 @@ def test_marlin_is_unavailable_without_vllm_or_matches_reference():
     packed = reference.quantize_pack(rand(256, 512), None, 4, 128)
     x = rand(2, 512).to(torch.float16)
     assert rel_err(marlin.quant_matmul(x, packed), ref_matmul(x, packed)) < 1e-2
+
+
+def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range():
+    """scripts/stream_ceiling.py bounds the M = 1 kernels by a read-only kernel; its bound means
+    something only if each program really loads all words and S / Z rows of its K range."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stream_ceiling.py"
+    spec = importlib.util.spec_from_file_location("stream_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    N, G, WG, splits = 256, 8, 4, 2
+    w = torch.randint(-2**31, 2**31 - 1, (G * WG, N), dtype=torch.int32, device=DEV)
+    s, z = rand(G, N).half(), rand(G, N).half()
+    out = torch.empty(splits, N, device=DEV)
+    mod.read_kernel[(N // 128, splits)](w, s, z, out, N, G, G // splits, WG=WG, C=2, BN=128, STAGES=1)
+    words = w.view(splits, G // splits * WG, N)
+    xor = words[:, 0]
+    for r in range(1, words.shape[1]):
+        xor = xor ^ words[:, r]
+    sz = (s.float() + z.float()).view(splits, G // splits, N).sum(1)
+    assert torch.allclose(out, xor.float() + sz, rtol=1e-5, atol=1e-3)
+    assert len(list(mod.tiles(16384, 32, 8, quick=False))) > len(list(mod.tiles(16384, 32, 8, quick=True))) > 0
