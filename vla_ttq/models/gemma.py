@@ -173,7 +173,9 @@ class ScaledEmbedding(Embedding):
     """Gemma's token embedding, multiplied by sqrt(width) (scale cast to the weight dtype)."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        scale = torch.tensor(math.sqrt(self.embedding_dim), device=self.weight.device).to(self.weight.dtype)
+        # rounded to the weight dtype on the host: a Python scalar needs no device copy per call
+        # (which a CUDA-graph capture would refuse), and the product is the same
+        scale = torch.tensor(math.sqrt(self.embedding_dim), dtype=self.weight.dtype).item()
         return F.embedding(ids, self.weight) * scale
 
 
