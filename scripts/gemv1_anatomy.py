@@ -21,7 +21,8 @@ import triton.language as tl
 
 from vla_ttq.kernels import triton_backend
 from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, n_copies
-from vla_ttq.kernels.triton_kernels import _gemv1_group, _gemv1_load, _gemv1_scratch, _gemv1_split_k_tail
+from vla_ttq.kernels.triton_kernels import (_gemv1_group, _gemv1_load, _gemv1_program, _gemv1_scratch,
+                                            _gemv1_split_k_tail)
 
 
 @triton.jit
@@ -39,13 +40,7 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
     (a group's words are loaded one step ahead: the first before phase 1, the next before this
     group's arithmetic)."""
     if WORK:
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        offs_n = pid_n * BN + tl.arange(0, BN)
-        mask_n = offs_n < N
-        g0 = pid_k * GPS
-        g_end = tl.minimum(g0 + GPS, G)
-        xs_ptr += pid_n * xs_per_block
+        offs_n, mask_n, g0, g_end, xs_ptr = _gemv1_program(xs_ptr, xs_per_block, N, G, BN, GPS)
         if PREFETCH:
             w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                            EVEN_N)

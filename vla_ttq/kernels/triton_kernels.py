@@ -615,6 +615,17 @@ def _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0: tl.constexpr, W1: tl.constexp
 
 
 @triton.jit
+def _gemv1_program(xs_ptr, xs_per_block, N, G, BN: tl.constexpr, GPS: tl.constexpr):
+    """This program's columns (offsets, mask), its groups [g0, g_end) and its column block's copy
+    of the scratch. A copy per block (xs_per_block > 0): when the blocks of one K range all wrote
+    the same values to one place, the stores to the shared lines cost ~1 µs on gate/up (H100)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    g0 = tl.program_id(1) * GPS
+    return offs_n, offs_n < N, g0, tl.minimum(g0 + GPS, G), xs_ptr + pid_n * xs_per_block
+
+
+@triton.jit
 def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
                  N, K, G, row1, row2, R, magic, xs_per_block,
                  W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
@@ -625,8 +636,9 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
 
     1. Each program writes its GPS groups of x / cs, one value per thread, to the scratch ``xs``
        (group-major, ``_gemv1_scratch``), in its column block's own copy (``xs_per_block`` fp32
-       apart; 0: one copy, which programs of the same K range write with the same values). Fp32 path: x' = (x / cs)·2^-pos per channel. PAIRS:
-       fp16 pairs matched to the word's two fp16 halves (``_store_pairs``). Every thread then
+       apart; 0: one copy, which programs of the same K range write with the same values). Fp32
+       path: x' = (x / cs)·2^-pos per channel. PAIRS: fp16 pairs matched to the word's two fp16
+       halves (``_store_pairs``). Every thread then
        reads them with 16-byte loads instead of dividing again: x work per thread is per input
        channel, and each channel meets only BN/threads columns.
     2. Words of one group are reduced over their rows, then scaled once (S) and given Z·Σx.
@@ -634,15 +646,7 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
        and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving ws at 0),
        applies the bias and low-rank epilogue, writes y and resets the lock: split-K with no
        second kernel, and ws/lock are zero again for the next call."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_n = offs_n < N
-    g0 = pid_k * GPS
-    g_end = tl.minimum(g0 + GPS, G)
-    # each column block's own copy of the scratch (xs_per_block > 0): when the blocks of one K range
-    # all wrote the same values to one place, the stores to shared lines cost ~0.8 µs on gate/up
-    xs_ptr += pid_n * xs_per_block
+    offs_n, mask_n, g0, g_end, xs_ptr = _gemv1_program(xs_ptr, xs_per_block, N, G, BN, GPS)
     # PREFETCH: each group's words are loaded one step ahead, the first before phase 1 (whose x
     # loads and reductions then overlap them). Timed on the H100 (scripts/gemv1_anatomy.py): it
     # helps the pairs path, whose arithmetic is short, and slows the fp32 path, so only there;
