@@ -26,8 +26,8 @@ from vla_ttq.kernels.triton_kernels import (_gemv1_group, _gemv1_load, _gemv1_pr
 
 
 @triton.jit
-def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
-                   N, K, G, row1, row2, R, magic, xs_per_block,
+def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, a_ptr, b_ptr,
+                   tws_ptr, N, K, G, row1, row2, R, magic, xs_per_block,
                    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                    MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
                    HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -67,8 +67,8 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
                 w0, w1, w2, s, z = n0, n1, n2, ns, nz
         acc += bits.to(tl.float32)
         if TAIL:
-            _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
-                                HAS_BIAS, HAS_LR, BR)
+            _gemv1_split_k_tail(acc, tl.zeros((BR,), tl.float32), ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n,
+                                bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         else:
             tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
 
@@ -89,7 +89,7 @@ VARIANTS = {  # name: (SCRATCH, COMPUTE, TAIL, WORK, PREFETCH, scratch copy per 
 
 def launch(cfg, flags, x, cs, packed, out):
     if flags is None:
-        return triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, None, out)
+        return triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, out)
     bn, gps, warps, stages, pairs = cfg
     K, N = x.shape[1], packed.shape[0]
     G = K // packed.group
@@ -97,9 +97,9 @@ def launch(cfg, flags, x, cs, packed, out):
     grid = (math.ceil(N / bn), math.ceil(G / gps))
     scratch, compute, tail, work, prefetch, private = flags
     per_block, numel = triton_backend._gemv1_scratch_size(K, packed.group, grid[0] if private else 1)
-    ws, lock, xs = triton_backend._gemv1_buffers(x.device, N, numel)
+    ws, lock, xs, tws = triton_backend._gemv1_buffers(x.device, N, numel)
     anatomy_kernel[grid](
-        x, cs, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, x, x, x,
+        x, cs, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, x, x, x, tws,
         N, K, G, sl["row1"], sl["row2"], 0, triton_backend.MAGIC, per_block if private else 0,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"],
         MID=triton_backend._code_centre(packed.bits), GROUP=packed.group, GPS=gps, BN=bn, BR=2, HAS_CS=True,

@@ -139,15 +139,16 @@ def test_tensor_core_tiles_are_deep_enough_for_tl_dot_in_every_slice(bits, group
 def test_every_tile_candidate_computes_the_same_function():
     N, K = 72, 512  # N not a multiple of any tile: masked rows
     packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
-    x, cs = rand(2, K).to(XDTYPE), col_scale(K)
-    ref = ref_matmul(x, packed, cs)
+    x, cs, bias = rand(2, K).to(XDTYPE), col_scale(K), rand(N)
+    lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))  # x Aᵀ in the kernels: split over K or not
+    ref = ref_matmul(x, packed, cs, lowrank, bias)
     for use_dot, M in ((False, 2), (True, 2)):
         cands = triton_backend._candidates(use_dot, 4, 64, K, N, M, 1)
         cands += [c[:3] + (1,) + c[4:] for c in cands]  # also the fused epilogue (no split-K)
         assert any(c[3] > 1 for c in cands)
         for cfg in cands:
             out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
-            triton_backend._launch(cfg, x, cs.float(), packed, None, None, None, out, use_dot)
+            triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out, use_dot)
             assert rel_err(out, ref) < TOL, cfg
 
 
@@ -161,17 +162,17 @@ def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_works
         packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
         x, cs, bias = rand(1, K).to(XDTYPE), col_scale(K), rand(N)
         lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))
-        t = (x @ lowrank[1].to(XDTYPE).t()).float()
         ref = ref_matmul(x, packed, cs, lowrank, bias)
         cands = triton_backend._gemv1_candidates(bits, group, K, N, 132)
         assert any(math.ceil(K // group / cfg[1]) > 1 for cfg in cands)  # split-K is exercised
         assert {cfg[4] for cfg in cands} == {True, False}  # fp16x2 pairs and fp32 codes
         for cfg in cands:
             out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
-            triton_backend._launch_gemv1(cfg, x, cs.float(), packed, t, lowrank[0], bias, out)
+            triton_backend._launch_gemv1(cfg, x, cs.float(), packed, lowrank, bias, out)
             assert rel_err(out, ref) < (PAIRS_TOL if cfg[4] else TOL), (group, N, cfg)
-        ws, lock, _ = triton_backend._gemv1_buffers(x.device, N, 1)  # x.device: cuda:0, as the launch keys it
-        assert not ws.any() and not lock.any()
+            # x.device: cuda:0, as the launch keys the buffers; tws: 8 ranks per column block
+            ws, lock, _, tws = triton_backend._gemv1_buffers(x.device, N, 1, math.ceil(N / cfg[0]) * 8)
+            assert not ws.any() and not lock.any() and not tws.any(), cfg
 
 
 @pytest.mark.parametrize("bits", [2, 4, 5])
@@ -189,7 +190,7 @@ def test_fp16x2_pairs_path_survives_activations_beyond_fp16_and_zero_groups(bits
     for cfg in triton_backend._gemv1_candidates(bits, group, K, N, 132):
         if cfg[4]:
             out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
-            triton_backend._launch_gemv1(cfg, x, cs.float(), packed, None, None, None, out)
+            triton_backend._launch_gemv1(cfg, x, cs.float(), packed, None, None, out)
             assert rel_err(out, ref) < PAIRS_TOL, cfg
 
 
@@ -209,6 +210,23 @@ def test_m1_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch):
     assert rel_err(y1_again, ref_matmul(x1, packed, cs)) < tol and rel_err(y2, ref_matmul(x2, packed, cs)) < tol
     if not CUDA:  # the interpreter runs programs in order: bit-identical; GPU atomics add in any order
         assert torch.equal(y1, y1_again)
+
+
+def test_m1_low_rank_term_is_computed_inside_the_one_launch_kernel(monkeypatch):
+    """At M = 1, x Aᵀ is summed by the GEMV's own programs (no matmul launched before it), and
+    the next call is not polluted by the parts of t the last one left (the workspace is reset)."""
+    N, K, R = 72, 512, 16
+    packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
+    x1, x2, cs = rand(1, K).to(XDTYPE), rand(1, K).to(XDTYPE), col_scale(K)
+    lowrank = (rand(N, R, scale=0.1).to(XDTYPE), rand(R, K, scale=0.1).to(XDTYPE))
+
+    def no_matmul(*a, **k):
+        raise AssertionError("x Aᵀ was launched as a separate matmul")
+
+    monkeypatch.setattr(triton_backend.F, "linear", no_matmul)
+    for x in (x1, x2, x1):
+        y = triton_backend.quant_matmul(x, packed, cs, lowrank)
+        assert rel_err(y, ref_matmul(x, packed, cs, lowrank)) < PAIRS_TOL
 
 
 def test_triton_accepts_the_storage_format_and_leading_batch_dims():
@@ -235,6 +253,9 @@ def test_dequantize_kernel_gives_the_effective_weight():
     w = triton_backend.dequantize_t(packed, cs, torch.float32).t()
     ref = packed.dequantize().double() / cs.double()
     assert rel_err(w, ref) < 1e-6 and w.shape == (16, 128)
+    b, a = rand(16, 8, scale=0.1), rand(8, 128, scale=0.1)  # low-rank term folded in (large-M path)
+    w_lr = triton_backend.dequantize_t(packed, cs, torch.float32, (b, a)).t()
+    assert rel_err(w_lr, ref + b.double() @ a.double()) < (1e-3 if CUDA else 1e-6)  # tf32 tensor cores on GPU
 
 
 def test_path_rule_follows_m_and_layer_size():

@@ -212,15 +212,15 @@ def sweep(N, K, M, bits, group, bw, l2):
                 and math.ceil(N / bn) * math.ceil(G / gps) >= sms // 2]
         ref = reference.quant_matmul(x.double(), packed, cs.double())
         for cfg in grid:
-            triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, None, out)
+            triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, out)
             if rel_err(out, ref) > 1e-2:
                 raise AssertionError(f"gemv1 {cfg} is wrong on N={N} K={K} W{bits}: {rel_err(out, ref):.2e}")
-            runs.append((("gemv1",) + cfg, [lambda p=p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None,
+            runs.append((("gemv1",) + cfg, [lambda p=p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None,
                                                                                           None, out)
                                              for p in copies]))
         cands = cands[:1]
     for cfg in cands:
-        runs.append((cfg, [lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, None, out, use_dot)
+        runs.append((cfg, [lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out, use_dot)
                            for p in copies]))
     rows = []
     for cfg, fns in runs:

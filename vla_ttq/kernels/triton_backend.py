@@ -10,7 +10,9 @@ Rule (by the number of tokens M = x.numel() / K):
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
 Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
-low-rank term. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
+low-rank term. The low-rank term's t = x Aᵀ is computed inside the matmul kernels (each K split
+its part), not by a matmul launched before them: that launch and a cast cost ~8 µs, more than the
+whole M = 1 GEMV. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
 M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bucket).
 """
 
@@ -24,11 +26,9 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
-from .reference import lowrank_term
 
 PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 8
@@ -145,12 +145,19 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
     return out
 
 
-def _epilogue_args(x2, cs, bias, lowrank_t, lr_b) -> tuple[list, int, dict]:
-    """The optional inputs every matmul kernel takes (cs, bias, t = x Aᵀ, B; x itself stands in
-    for absent ones, never read), the rank R and the constexprs that switch them on."""
-    cs_bias_t_b = [v if v is not None else x2 for v in (cs, bias, lowrank_t, lr_b)]
-    R = 0 if lowrank_t is None else lowrank_t.shape[1]
-    return cs_bias_t_b, R, dict(HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, BR=max(2, _next_pow2(R)))
+def _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot: bool = False) -> tuple[list, int, dict]:
+    """The optional inputs every matmul kernel takes (cs, bias, A (R, K), B (N, R); x itself
+    stands in for absent ones, never read), the rank R and the constexprs that switch them on;
+    BR: R padded to a power of two (>= 16 where tl.dot computes x Aᵀ)."""
+    cs_bias_a_b = [v if v is not None else x2 for v in (cs, bias, lr_a, lr_b)]
+    R = 0 if lr_a is None else lr_a.shape[0]
+    br = max(16 if use_dot else 2, _next_pow2(R))
+    return cs_bias_a_b, R, dict(HAS_BIAS=bias is not None, HAS_LR=lr_a is not None, BR=br)
+
+
+def _lowrank_args(lowrank) -> tuple:
+    """(B, A) as the kernels index them (dense), or (None, None)."""
+    return (None, None) if lowrank is None else (lowrank[0].contiguous(), lowrank[1].contiguous())
 
 
 def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[tuple]:
@@ -188,9 +195,10 @@ def _code_centre(bits: int) -> int:
     return sum((1 << (w - 1)) << off for off, w in slice_widths(bits))
 
 
-def _gemv1_buffers(device: torch.device, N: int, xs_numel: int) -> tuple:
-    """Split-K workspace ws (N,) fp32 and lock counters (N,) int32, both zero between calls (the
-    kernel's last program resets them), and an x / cs scratch of ``xs_numel`` fp32.
+def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2) -> tuple:
+    """Split-K workspace ws (N,) fp32, lock counters (N,) int32 and the low-rank workspace tws
+    (``tws_numel`` fp32: BR per column block), all zero between calls (the kernel's last programs
+    reset them), and an x / cs scratch of ``xs_numel`` fp32.
 
     Kept per (device, stream) and size, never freed: a CUDA graph that captured a launch holds
     their addresses, and two streams running at once must not share counters."""
@@ -203,7 +211,8 @@ def _gemv1_buffers(device: torch.device, N: int, xs_numel: int) -> tuple:
 
     ws, lock = cached(("ws", N), lambda: (torch.zeros(N, device=device, dtype=torch.float32),
                                           torch.zeros(N, device=device, dtype=torch.int32)))
-    return ws, lock, cached(("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
+    xs = cached(("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
+    return ws, lock, xs, cached(("tws", tws_numel), lambda: torch.zeros(tws_numel, device=device, dtype=torch.float32))
 
 
 def _gemv1_scratch_size(K: int, group: int, blocks: int) -> tuple[int, int]:
@@ -213,7 +222,8 @@ def _gemv1_scratch_size(K: int, group: int, blocks: int) -> tuple[int, int]:
     return per_block, per_block * blocks
 
 
-def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
+def _launch_gemv1(cfg, x2, cs, packed, lowrank, bias, out):
+    """gemv1_kernel for one token; ``lowrank`` = (B, A) or None: x Aᵀ is computed in the kernel."""
     tk = _tk()
     bn, gps, warps, stages, pairs = cfg
     K = x2.shape[1]
@@ -221,11 +231,12 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     G = K // packed.group
     grid = (math.ceil(N / bn), math.ceil(G / gps))
     sl = _slices(packed.bits, K)
-    (cs_, bias_, t_, b_), R, common = _epilogue_args(x2, cs, bias, lowrank_t, lr_b)
+    lr_b, lr_a = _lowrank_args(lowrank)
+    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b)
     per_block, numel = _gemv1_scratch_size(K, packed.group, grid[0])
-    ws, lock, xs = _gemv1_buffers(x2.device, N, numel)
+    ws, lock, xs, tws = _gemv1_buffers(x2.device, N, numel, grid[0] * common["BR"])
     tk.gemv1_kernel[grid](
-        x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, t_, b_,
+        x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, a_, b_, tws,
         N, K, G, sl["row1"], sl["row2"], R, MAGIC, per_block,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], MID=_code_centre(packed.bits),
         GROUP=packed.group, GPS=gps, BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=grid[1] > 1,
@@ -233,7 +244,8 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out):
     return out
 
 
-def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
+def _launch(cfg, x2, cs, packed, lowrank, bias, out, use_dot):
+    """The split-K kernel (+ reduce_kernel when K is split); ``lowrank`` = (B, A) or None."""
     tk = _tk()
     bm, bn, gt, split, warps = cfg
     M, K = x2.shape
@@ -243,12 +255,14 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
     per = math.ceil(k_tiles / split)
     split = math.ceil(k_tiles / per)  # no empty programs
     sl = _slices(packed.bits, K)
-    (cs_, bias_, t_, b_), R, common = _epilogue_args(x2, cs, bias, lowrank_t, lr_b)
+    lr_b, lr_a = _lowrank_args(lowrank)
+    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot)
     partial = split > 1
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
+    tpart = torch.empty((split, M, common["BR"]), device=x2.device, dtype=torch.float32) if partial and R else x2
     grid = (math.ceil(N / bn), split, math.ceil(M / bm))
     tk.quant_matmul_kernel[grid](
-        x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, t_, b_,
+        x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
         BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
@@ -257,7 +271,7 @@ def _launch(cfg, x2, cs, packed, lowrank_t, lr_b, bias, out, use_dot):
     if partial:
         rbm, rbn = min(16, _next_pow2(M)), 128
         tk.reduce_kernel[(math.ceil(N / rbn), math.ceil(M / rbm))](
-            dst, out, bias_, t_, b_, M, N, split, R, BM=rbm, BN=rbn, num_warps=4, **common)
+            dst, out, bias_, tpart, b_, M, N, split, R, BM=rbm, BN=rbn, num_warps=4, **common)
     return out
 
 
@@ -279,18 +293,24 @@ def _tune(key, cands, run) -> tuple:
     return best
 
 
-def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """(Ŵ / cs)ᵀ as a dense (K, N) tensor in ``dtype`` (one Triton pass, coalesced along N)."""
+def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype,
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(Ŵ / cs + B A)ᵀ as a dense (K, N) tensor in ``dtype`` (one Triton pass, coalesced along N;
+    the low-rank term B A only when ``lowrank`` = (B, A) is given)."""
     tk = _tk()
     N, K = packed.shape
     out = torch.empty((K, N), device=packed.data.device, dtype=dtype)
     sl = _slices(packed.bits, K)
     bn, bk = 128, 32
+    lr_b, lr_a = _lowrank_args(lowrank)
+    if lr_a is not None and lr_a.dtype != lr_b.dtype:
+        lr_a = lr_a.to(lr_b.dtype)  # tl.dot multiplies one dtype
+    (cs_, _, a_, b_), R, common = _epilogue_args(out, col_scale, None, lr_a, lr_b, use_dot=True)
     tk.dequant_kernel[(math.ceil(N / bn), math.ceil(K / bk))](
-        packed.data, packed.scale_t, packed.zero_t, col_scale if col_scale is not None else packed.scale_t, out,
-        N, K, K // packed.group, sl["row1"], sl["row2"],
+        packed.data, packed.scale_t, packed.zero_t, cs_, a_, b_, out,
+        N, K, K // packed.group, sl["row1"], sl["row2"], R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group,
-        BN=bn, BK=bk, HAS_CS=col_scale is not None, num_warps=4)
+        BN=bn, BK=bk, HAS_CS=col_scale is not None, HAS_LR=common["HAS_LR"], BR=common["BR"], num_warps=4)
     return out
 
 
@@ -336,25 +356,17 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
-        wt = dequantize_t(packed, cs, x.dtype)
+        wt = dequantize_t(packed, cs, x.dtype, lowrank)  # the low-rank term folded into the weight
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
-        if lowrank is not None:
-            y = y + lowrank_term(x2, lowrank)
         return y.reshape(*lead, N)
-    t = lr_b = None
-    if lowrank is not None:
-        b, a = lowrank
-        t = F.linear(x2, a.to(x.dtype)).float().contiguous()
-        lr_b = b.contiguous()
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     use_dot = path == "dot"
     if path == "gemv" and M > GEMV_MAX_M:
         raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
-    if M == 1 and path == "gemv":
-        launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias,
-                                   out=out)
+    if M == 1 and path == "gemv":  # both kernels compute x Aᵀ themselves
+        launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
     else:
-        launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank_t=t, lr_b=lr_b, bias=bias, out=out,
+        launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out,
                                    use_dot=use_dot)
     key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
     cfg = _TUNED.get(key)

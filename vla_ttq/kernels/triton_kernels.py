@@ -144,22 +144,48 @@ def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, 
 
 
 @triton.jit
-def _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR: tl.constexpr,
+               USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """t (BM, BR) fp32 = x[:, k0:k1] · A[:, k0:k1]ᵀ: the low-rank term's first product over a K
+    range, computed in the matmul's own programs instead of by a matmul launched before them."""
+    CH: tl.constexpr = 32
+    r = tl.arange(0, BR)
+    c = tl.arange(0, CH)
+    t = tl.zeros((BM, BR), tl.float32)
+    for k in range(k0, k1, CH):
+        kk = k + c
+        km = kk < k1
+        xv = tl.load(x_ptr + offs_m[:, None] * K + kk[None, :], mask=mask_m[:, None] & km[None, :], other=0.0)
+        av = tl.load(a_ptr + r[:, None] * K + kk[None, :], mask=(r[:, None] < R) & km[None, :], other=0.0)
+        if USE_DOT:  # tensor cores (BM, BR >= 16)
+            if DOT_DTYPE == tl.float32:
+                t = tl.dot(xv.to(tl.float32), tl.trans(av.to(tl.float32)), t, input_precision="ieee")
+            else:
+                t = tl.dot(xv.to(DOT_DTYPE), tl.trans(av.to(DOT_DTYPE)), t)
+        else:
+            t += tl.sum(xv.to(tl.float32)[:, None, :] * av.to(tl.float32)[None, :, :], axis=2)
+    return t
+
+
+@triton.jit
+def _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t, b_ptr, R,
               HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """acc + bias + (x Aᵀ) Bᵀ, with t = x Aᵀ (M, R) fp32 computed before the launch."""
+    """acc + bias + t Bᵀ, with t = x Aᵀ (BM, BR) fp32 from ``_lowrank_t``."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if HAS_LR:
         r = tl.arange(0, BR)
-        t = tl.load(t_ptr + offs_m[:, None] * R + r[None, :], mask=mask_m[:, None] & (r[None, :] < R), other=0.0)
         b = tl.load(b_ptr + offs_n[:, None] * R + r[None, :], mask=mask_n[:, None] & (r[None, :] < R), other=0.0)
-        acc += tl.sum(t.to(tl.float32)[:, None, :] * b.to(tl.float32)[None, :, :], axis=2)
+        if t.shape[0] >= 16 and BR >= 16:  # tensor cores: the (BM, BN, BR) products below would spill registers
+            acc = tl.dot(t.to(b.dtype), tl.trans(b), acc)
+        else:
+            acc += tl.sum(t[:, None, :] * b.to(tl.float32)[None, :, :], axis=2)
     return acc
 
 
 @triton.jit
 def quant_matmul_kernel(
-    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, t_ptr, b_ptr,
+    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr,
     M, N, K, G, row1, row2, tiles_per_split, R,
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
@@ -167,8 +193,9 @@ def quant_matmul_kernel(
     HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
 ):
     """Split-K low-bit matmul. Grid (N tiles, K splits, M tiles); each program sums its share of
-    K tiles of GT groups. PARTIAL: write fp32 partial sums (SPLIT, M, N) for ``reduce_kernel``;
-    else apply the epilogue and write y in out's dtype."""
+    K tiles of GT groups. PARTIAL: write fp32 partial sums (SPLIT, M, N) for ``reduce_kernel``,
+    and (HAS_LR) the first column of programs writes its K range's part of t = x Aᵀ (SPLIT, M,
+    BR) to ``tpart``; else compute t over all of K, apply the epilogue and write y in out's dtype."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -203,15 +230,25 @@ def quant_matmul_kernel(
     omask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
         tl.store(out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=omask)
+        if HAS_LR:
+            if pid_n == 0:
+                lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), K, R,
+                                  BM, BR, USE_DOT, DOT_DTYPE)
+                r = tl.arange(0, BR)
+                tl.store(tpart_ptr + (pid_k * M + offs_m[:, None]) * BR + r[None, :], lr_t, mask=mask_m[:, None])
     else:
-        acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        lr_t = tl.zeros((BM, BR), tl.float32)
+        if HAS_LR:
+            lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, 0, K, K, R, BM, BR, USE_DOT, DOT_DTYPE)
+        acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, lr_t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
-def reduce_kernel(part_ptr, out_ptr, bias_ptr, t_ptr, b_ptr, M, N, SPLIT, R,
+def reduce_kernel(part_ptr, out_ptr, bias_ptr, tpart_ptr, b_ptr, M, N, SPLIT, R,
                   BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr):
-    """Second pass of split-K: sum the partials, add the epilogue, cast to the output dtype."""
+    """Second pass of split-K: sum the partials (and the parts of t = x Aᵀ), add the epilogue,
+    cast to the output dtype."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     offs_m = tl.program_id(1) * BM + tl.arange(0, BM)
     mask_n = offs_n < N
@@ -219,9 +256,13 @@ def reduce_kernel(part_ptr, out_ptr, bias_ptr, t_ptr, b_ptr, M, N, SPLIT, R,
     omask = mask_m[:, None] & mask_n[None, :]
     off = offs_m[:, None] * N + offs_n[None, :]
     acc = tl.zeros((BM, BN), tl.float32)
+    r = tl.arange(0, BR)
+    t = tl.zeros((BM, BR), tl.float32)
     for s in range(SPLIT):
         acc += tl.load(part_ptr + s * M * N + off, mask=omask, other=0.0)
-    acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        if HAS_LR:
+            t += tl.load(tpart_ptr + (s * M + offs_m[:, None]) * BR + r[None, :], mask=mask_m[:, None], other=0.0)
+    acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
     tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
@@ -237,10 +278,14 @@ def _slice_codes(w_ptr, offs_n, mask_n, kk, mask_k, N, row0, WBITS: tl.constexpr
 
 
 @triton.jit
-def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, row1, row2,
+def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, a_ptr, b_ptr, out_ptr, N, K, G, row1, row2, R,
                    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
-                   GROUP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_CS: tl.constexpr):
-    """out (K, N) = (Ŵ / cs)ᵀ in out's dtype: for large M, where cuBLAS then does x @ out."""
+                   GROUP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_CS: tl.constexpr,
+                   HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """out (K, N) = (Ŵ / cs + B A)ᵀ in out's dtype: for large M, where cuBLAS then does x @ out.
+
+    HAS_LR folds the low-rank term into the tile (Aᵀ Bᵀ on tensor cores, BR >= 16): x @ out then
+    applies it with no launch of its own and without reading and writing y a second time."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     kk = tl.program_id(1) * BK + tl.arange(0, BK)
     mask_n = offs_n < N
@@ -257,6 +302,11 @@ def dequant_kernel(w_ptr, s_ptr, z_ptr, cs_ptr, out_ptr, N, K, G, row1, row2,
     w = _code_float(codes, 0, 8) * scale + zero
     if HAS_CS:
         w = w * (1.0 / tl.load(cs_ptr + kk, mask=mask_k, other=1.0))[:, None]
+    if HAS_LR:
+        r = tl.arange(0, BR)
+        at = tl.load(a_ptr + r[None, :] * K + kk[:, None], mask=mask_k[:, None] & (r[None, :] < R), other=0.0)
+        bt = tl.load(b_ptr + offs_n[None, :] * R + r[:, None], mask=(r[:, None] < R) & mask_n[None, :], other=0.0)
+        w = tl.dot(at, bt, w)
     tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -522,28 +572,53 @@ def _gemv1_pairs(xw_ptr, words, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: t
 
 
 @triton.jit
-def _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
-                     HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """y = acc + epilogue, written in out's dtype (the kernel's single output row)."""
-    offs_m = tl.arange(0, 1)
-    y = _epilogue(acc[None, :], offs_m, offs_m < 1, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
-    tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+def _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP: tl.constexpr, GPS: tl.constexpr, BR: tl.constexpr):
+    """t_part (BR,) fp32 = x Aᵀ over this program's input channels (groups [g0, g0 + GPS)): the
+    low-rank term is linear in x, so the K splits' parts add up to t = x Aᵀ. Computed here
+    instead of by a matmul launched before the kernel (x Aᵀ, then a cast: two more launches,
+    which cost more than the whole W4 GEMV at M = 1)."""
+    kk = (g0 + tl.arange(0, GPS))[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    km = kk < K
+    r = tl.arange(0, BR)[:, None, None]
+    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + r * K + kk[None, :, :], mask=(r < R) & km[None, :, :], other=0.0).to(tl.float32)
+    return tl.sum(tl.sum(a * xv[None, :, :], axis=2), axis=1)
 
 
 @triton.jit
-def _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R,
+def _gemv1_store_row(acc, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
+                     HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """y = acc + bias + t Bᵀ (t = x Aᵀ, (BR,) fp32), written in out's dtype (the kernel's single output row)."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_LR:
+        r = tl.arange(0, BR)
+        b = tl.load(b_ptr + offs_n[:, None] * R + r[None, :], mask=mask_n[:, None] & (r[None, :] < R), other=0.0)
+        acc += tl.sum(b.to(tl.float32) * t[None, :], axis=1)
+    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R,
                         HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """Add this program's partial sums into ws and count it in lock[column block]; the last
-    program of the column block writes y from the total and leaves ws and lock at zero."""
+    """Add this program's partial sums into ws (and its part of t = x Aᵀ into its column block's
+    BR floats of tws) and count it in lock[column block]; the last program of the column block
+    writes y from the totals and leaves ws, tws and lock at zero."""
     pid_n = tl.program_id(0)
     tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
+    r = tl.arange(0, BR)
+    if HAS_LR:
+        tl.atomic_add(tws_ptr + pid_n * BR + r, t, sem="relaxed")
     tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
     arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
     if arrived == tl.num_programs(1) - 1:
-        # read the total where the atomics left it (L2), then zero ws for the next call
+        # read the totals where the atomics left them (L2), then zero them for the next call
         total = tl.atomic_add(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n, sem="relaxed")
         tl.store(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n)
-        _gemv1_store_row(total, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        if HAS_LR:
+            t = tl.atomic_add(tws_ptr + pid_n * BR + r, tl.zeros((BR,), tl.float32), sem="relaxed")
+            tl.store(tws_ptr + pid_n * BR + r, tl.zeros((BR,), tl.float32))
+        _gemv1_store_row(total, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(lock_ptr + pid_n, 0)
 
 
@@ -626,7 +701,7 @@ def _gemv1_program(xs_ptr, xs_per_block, N, G, BN: tl.constexpr, GPS: tl.constex
 
 
 @triton.jit
-def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, t_ptr, b_ptr,
+def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, a_ptr, b_ptr, tws_ptr,
                  N, K, G, row1, row2, R, magic, xs_per_block,
                  W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                  MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
@@ -645,7 +720,10 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     3. With several K splits each program adds its partial sums into the fp32 workspace ``ws`` (N,)
        and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving ws at 0),
        applies the bias and low-rank epilogue, writes y and resets the lock: split-K with no
-       second kernel, and ws/lock are zero again for the next call."""
+       second kernel, and ws/lock are zero again for the next call.
+    Low-rank term (HAS_LR): each program also computes x Aᵀ over its own input channels; the
+    parts meet in ``tws`` (BR fp32 per column block, zeroed like ws) and the last program adds
+    t Bᵀ, so the rank-r term costs no launch of its own."""
     offs_n, mask_n, g0, g_end, xs_ptr = _gemv1_program(xs_ptr, xs_per_block, N, G, BN, GPS)
     # PREFETCH: each group's words are loaded one step ahead, the first before phase 1 (whose x
     # loads and reductions then overlap them). Timed on the H100 (scripts/gemv1_anatomy.py): it
@@ -657,6 +735,9 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                        EVEN_N)
     _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
+    t = tl.zeros((BR,), tl.float32)
+    if HAS_LR:
+        t = _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP, GPS, BR)
     tl.debug_barrier()  # the scratch is written before any thread of this program reads it
     acc = tl.zeros((BN,), tl.float32)
     # STAGES > 1: Triton software-pipelines the loop, copying the next groups' words into shared
@@ -674,7 +755,7 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         if PREFETCH:
             w0, w1, w2, s, z = n0, n1, n2, ns, nz
     if SPLIT_K:
-        _gemv1_split_k_tail(acc, ws_ptr, lock_ptr, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS,
+        _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS,
                             HAS_LR, BR)
     else:
-        _gemv1_store_row(acc, out_ptr, offs_n, mask_n, N, bias_ptr, t_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        _gemv1_store_row(acc, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
