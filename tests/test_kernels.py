@@ -370,3 +370,12 @@ def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range():
     sz = (s.float() + z.float()).view(splits, G // splits, N).sum(1)
     assert torch.allclose(out, xor.float() + sz, rtol=1e-5, atol=1e-3)
     assert len(list(mod.tiles(16384, 32, 8, quick=False))) > len(list(mod.tiles(16384, 32, 8, quick=True))) > 0
+
+
+def test_kernel_benchmark_names_an_unknown_shape_set(capsys):
+    from vla_ttq.kernels import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--sets", "gemma2b,gemma9b"])
+    err = capsys.readouterr().err
+    assert "gemma9b" in err and "gemma2b_fused" in err  # names the bad one and lists the known ones

@@ -29,6 +29,10 @@ SHAPES = {
     "gemma2b": [("q/o", 2048, 2048), ("k/v", 256, 2048), ("gate/up", 16384, 2048), ("down", 2048, 16384)],
     "gemma300m": [("q", 2048, 1024), ("k/v", 256, 1024), ("o", 1024, 2048), ("gate/up", 4096, 1024),
                   ("down", 1024, 4096)],
+    # layers that read the same input, as one launch would run them: q+k+v, gate+up (what fusing
+    # them in the model would give; FastSampler fuses them only for dense weights)
+    "gemma2b_fused": [("q+k+v", 2560, 2048), ("gate+up", 32768, 2048)],
+    "gemma300m_fused": [("q+k+v", 2560, 1024), ("gate+up", 8192, 1024)],
     # q_proj of the paper's Tables 4-8: heads*128 x hidden (Table 15)
     "qwen3": [("0.6B q", 2048, 1024), ("1.7B q", 2048, 2048), ("4B q", 4096, 2560), ("8B q", 4096, 4096),
               ("14B q", 5120, 5120), ("32B q", 8192, 5120)],
@@ -291,13 +295,16 @@ def targets(res) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/kernels")
-    ap.add_argument("--sets", default="gemma2b,gemma300m,qwen3")
+    ap.add_argument("--sets", default="gemma2b,gemma300m,qwen3", help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--ms", default="1,16,64,800")
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--sweep", default="", help='time every tile candidate of cases "N,K,M,bits;..." first')
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop adding shapes after this many seconds")
     args = ap.parse_args(argv)
+    unknown = [s for s in args.sets.split(",") if s not in SHAPES]
+    if unknown:
+        ap.error(f"unknown shape set(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
     import triton
