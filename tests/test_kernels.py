@@ -219,14 +219,28 @@ def test_m1_low_rank_term_is_computed_inside_the_one_launch_kernel(monkeypatch):
     packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
     x1, x2, cs = rand(1, K).to(XDTYPE), rand(1, K).to(XDTYPE), col_scale(K)
     lowrank = (rand(N, R, scale=0.1).to(XDTYPE), rand(R, K, scale=0.1).to(XDTYPE))
+    refs = [ref_matmul(x, packed, cs, lowrank) for x in (x1, x2, x1)]
 
     def no_matmul(*a, **k):
         raise AssertionError("x Aᵀ was launched as a separate matmul")
 
-    monkeypatch.setattr(triton_backend.F, "linear", no_matmul)
-    for x in (x1, x2, x1):
-        y = triton_backend.quant_matmul(x, packed, cs, lowrank)
-        assert rel_err(y, ref_matmul(x, packed, cs, lowrank)) < PAIRS_TOL
+    for mod, name in ((torch.nn.functional, "linear"), (torch, "mm"), (torch, "matmul")):
+        monkeypatch.setattr(mod, name, no_matmul)
+    for x, ref in zip((x1, x2, x1), refs):
+        assert rel_err(triton_backend.quant_matmul(x, packed, cs, lowrank), ref) < PAIRS_TOL
+
+
+@pytest.mark.parametrize("fold_max", [0, 1 << 30])
+def test_large_m_low_rank_term_folded_into_the_weight_or_added_after(monkeypatch, fold_max):
+    """Dequantize + dense matmul (large M): B A folded into the dequantized weight on small layers,
+    accumulated into y by one addmm on large ones; both give the float64 result."""
+    monkeypatch.setattr(triton_backend, "LOWRANK_FOLD_MAX_NK", fold_max)
+    N, K = 40, 256
+    packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
+    x, cs, bias = rand(80, K).to(XDTYPE), col_scale(K), rand(N)
+    lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))
+    y = triton_backend.quant_matmul(x, packed, cs, lowrank, bias, path="dequant")
+    assert rel_err(y, ref_matmul(x, packed, cs, lowrank, bias)) < TOL
 
 
 def test_triton_accepts_the_storage_format_and_leading_batch_dims():

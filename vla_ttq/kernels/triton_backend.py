@@ -26,6 +26,7 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
@@ -34,6 +35,10 @@ PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
+# Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
+# dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
+# above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
+LOWRANK_FOLD_MAX_NK = 12 << 20
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
 _GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers)
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
@@ -356,8 +361,12 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
-        wt = dequantize_t(packed, cs, x.dtype, lowrank)  # the low-rank term folded into the weight
+        fold = lowrank is not None and N * K <= LOWRANK_FOLD_MAX_NK
+        wt = dequantize_t(packed, cs, x.dtype, lowrank if fold else None)
         y = x2 @ wt if bias is None else torch.addmm(bias.to(x.dtype), x2, wt)
+        if lowrank is not None and not fold:  # (x Aᵀ) Bᵀ accumulated into y: one launch fewer than adding it
+            b, a = lowrank
+            y.addmm_(F.linear(x2, a.to(x.dtype)), b.to(x.dtype).t())
         return y.reshape(*lead, N)
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     use_dot = path == "dot"
