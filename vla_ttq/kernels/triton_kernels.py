@@ -147,12 +147,14 @@ def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, 
 def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR: tl.constexpr,
                USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """t (BM, BR) fp32 = x[:, k0:k1] · A[:, k0:k1]ᵀ: the low-rank term's first product over a K
-    range, computed in the matmul's own programs instead of by a matmul launched before them."""
-    CH: tl.constexpr = 32
+    range, computed in the matmul's own programs instead of by a matmul launched before them.
+    Chunks are pipelined (their loads issued ahead): unpipelined, the programs that compute t
+    wait on one load latency per chunk and finish last."""
+    CH: tl.constexpr = 128 if USE_DOT else 32  # the CUDA-core product is (BM, BR, CH) in registers
     r = tl.arange(0, BR)
     c = tl.arange(0, CH)
     t = tl.zeros((BM, BR), tl.float32)
-    for k in range(k0, k1, CH):
+    for k in tl.range(k0, k1, CH, num_stages=3):
         kk = k + c
         km = kk < k1
         xv = tl.load(x_ptr + offs_m[:, None] * K + kk[None, :], mask=mask_m[:, None] & km[None, :], other=0.0)
