@@ -104,8 +104,9 @@ def test_online_quantize_kernel_options_match_the_reference(opts):
     assert int((got.codes().int() - ref.codes().int()).abs().max()) <= (1 if CUDA else 0)
 
 
-# M = 1, 3: GEMV; 20: tensor-core GEMM (forced: this layer is small) and the default dequantize +
-# dense matmul; 300: dequantize + dense matmul.
+# M = 1: one-launch GEMV; 3: tensor-core GEMM (the default) and the split-K GEMV (forced); 20:
+# tensor-core GEMM (forced: this layer is small) and the default dequantize + dense matmul; 300:
+# dequantize + dense matmul.
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
@@ -114,6 +115,7 @@ def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
     lowrank = (rand(N, R, scale=0.1), rand(R, K, scale=0.1))
     bias = rand(N)
     for M, cs, lr, b, path in ((1, col_scale(K), lowrank, bias, None), (3, None, None, None, None),
+                               (3, col_scale(K), lowrank, bias, "gemv"),
                                (20, col_scale(K), lowrank, None, "dot"), (20, None, None, bias, None),
                                (300, col_scale(K), lowrank, bias, None)):
         x = rand(M, K).to(XDTYPE)
@@ -274,6 +276,7 @@ def test_dequantize_kernel_gives_the_effective_weight():
 
 def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(1, 256, 256) == "gemv"
+    assert triton_backend.path_for(2, 256, 256) == "dot" and triton_backend.path_for(8, 2048, 2048) == "dot"
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"

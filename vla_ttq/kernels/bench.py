@@ -162,7 +162,8 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
             mine = triton_backend.path_for(M, N, K)
-            other = {"gemv": "dot", "dot": "dequant", "dequant": "dot"}[mine]
+            other = {"gemv": "dot", "dot": "gemv" if M <= triton_backend.GEMV_MAX_M else "dequant",
+                     "dequant": "dot"}[mine]
             if other == "dot" and M > 256:
                 other = None
         if other:
@@ -203,7 +204,7 @@ def sweep(N, K, M, bits, group, bw, l2):
     packed = triton_backend.quantize_pack(w, cs, bits, group)
     copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
-    use_dot = M > triton_backend.GEMV_MAX_M
+    use_dot = triton_backend.path_for(M, N, K) == "dot"
     out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)  # sweeps the split-K kernel of that M
     sms = triton_backend._num_sms(torch.device(dev))
     cands = triton_backend._candidates(use_dot, bits, group, K, N, M, sms)

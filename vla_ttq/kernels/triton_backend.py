@@ -4,9 +4,11 @@ Rule (by the number of tokens M = x.numel() / K):
 * M == 1: the one-launch GEMV (``gemv1_kernel``: x / cs computed once per program into a scratch,
   codes unpacked and multiplied two at a time in fp16x2 (PTX; emulated under the interpreter),
   split-K partial sums reduced by the last program to arrive, no second kernel);
-* M <= GEMV_MAX_M: split-K GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows);
-* M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized
-  tiles fed to tl.dot);
+* 1 < M <= GEMV_MAX_M (any layer), and M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK):
+  split-K tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M masked). The split-K
+  GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows) stays as ``path="gemv"``: at
+  M = 2 on the H200 (run 7) it lost to the tensor-core GEMM on every Gemma-2B layer (gate/up W4
+  42.3 vs 23.4 µs, q/o 10.5 vs 7.9; W2 165 µs);
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
 Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
@@ -330,10 +332,11 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
 
 
 def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
-    """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100 runs)."""
-    if 0 < M <= GEMV_MAX_M:
+    """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100
+    runs, and from the H200's run 7 for 1 < M <= GEMV_MAX_M)."""
+    if M == 1:
         return "gemv"
-    if 0 < M <= DOT_MAX_M and N * K >= DOT_MIN_NK:
+    if 0 < M <= DOT_MAX_M and (M <= GEMV_MAX_M or N * K >= DOT_MIN_NK):
         return "dot"
     return "dequant"
 
