@@ -170,8 +170,8 @@ def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR:
 
 
 @triton.jit
-def _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t, b_ptr, R,
-              HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
+def _epilogue(acc, offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+              BR: tl.constexpr):
     """acc + bias + t Bᵀ, with t = x Aᵀ (BM, BR) fp32 from ``_lowrank_t``."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -242,7 +242,7 @@ def quant_matmul_kernel(
         lr_t = tl.zeros((BM, BR), tl.float32)
         if HAS_LR:
             lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, 0, K, K, R, BM, BR, USE_DOT, DOT_DTYPE)
-        acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, lr_t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        acc = _epilogue(acc, offs_n, mask_n, bias_ptr, lr_t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
@@ -264,7 +264,7 @@ def reduce_kernel(part_ptr, out_ptr, bias_ptr, tpart_ptr, b_ptr, M, N, SPLIT, R,
         acc += tl.load(part_ptr + s * M * N + off, mask=omask, other=0.0)
         if HAS_LR:
             t += tl.load(tpart_ptr + (s * M + offs_m[:, None]) * BR + r[None, :], mask=mask_m[:, None], other=0.0)
-    acc = _epilogue(acc, offs_m, mask_m, offs_n, mask_n, N, bias_ptr, t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+    acc = _epilogue(acc, offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
     tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
@@ -590,14 +590,10 @@ def _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP: tl.constexpr, GPS: tl.con
 @triton.jit
 def _gemv1_store_row(acc, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
                      HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """y = acc + bias + t Bᵀ (t = x Aᵀ, (BR,) fp32), written in out's dtype (the kernel's single output row)."""
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if HAS_LR:
-        r = tl.arange(0, BR)
-        b = tl.load(b_ptr + offs_n[:, None] * R + r[None, :], mask=mask_n[:, None] & (r[None, :] < R), other=0.0)
-        acc += tl.sum(b.to(tl.float32) * t[None, :], axis=1)
-    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+    """y = acc + bias + t Bᵀ (t = x Aᵀ, (BR,) fp32), written in out's dtype (the kernel's single
+    output row): the matmul kernels' epilogue on a one-row tile."""
+    y = _epilogue(acc[None, :], offs_n, mask_n, bias_ptr, t[None, :], b_ptr, R, HAS_BIAS, HAS_LR, BR)
+    tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
 
 
 @triton.jit
