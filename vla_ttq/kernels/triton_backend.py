@@ -41,7 +41,6 @@ DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
 LOWRANK_FOLD_MAX_NK = 12 << 20
-GROUP_DOT = True  # A/B switch (temporary): one tensor-core product per group of raw codes vs per slab
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
 _GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers)
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
@@ -123,16 +122,15 @@ def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sm
     G = K // group
     wmin = min(w for _, w in slice_widths(bits))
     out = []
-    if use_dot and GROUP_DOT:
-        bm = min(64, max(16, _next_pow2(M)))
-        gt_min = 1  # one product per group, depth = group >= 32
-        shapes = [(bm, 128, 1, 4, (2, 4)), (bm, 64, 1, 4, (2, 1)), (bm, 128, 2, 8, (2,)), (bm, 256, 1, 8, (2,)),
-                  (bm, 64, 2, 4, (2,))]
-    elif use_dot:
+    if use_dot:
         bm = min(64, max(16, _next_pow2(M)))
         gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
         shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
                   (bm, 64, 2 * gt_min, 4, (2,))]
+        if bits == 2 and bm == 16:
+            # H200 sweep (run 8, docs/kernels.md): 8 warps won every Gemma-2B layer at W2, M = 2-16
+            # (gate/up M = 16: 24.4 vs 33.0 µs with 4 warps); at W4, and from M = 32, 4 warps won
+            shapes.insert(0, shapes.pop(2))
     else:
         bm = _next_pow2(M)
         w0 = slice_widths(bits)[0][1]
@@ -279,7 +277,7 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out, use_dot):
         M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
         BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
-        GROUP_DOT=GROUP_DOT, num_warps=warps, **common,
+        num_warps=warps, **common,
     )
     if partial:
         rbm, rbn = min(16, _next_pow2(M)), 128

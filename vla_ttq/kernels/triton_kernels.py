@@ -144,47 +144,6 @@ def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, 
 
 
 @triton.jit
-def _group_codes(w_ptr, g, offs_n, mask_n, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr,
-                 BN: tl.constexpr):
-    """Codes (GROUP, BN) int32 of one slice of group g, in input-channel order: slab i of the
-    group's WG word rows holds channels [i·WG, (i+1)·WG), so stacking the slabs is a reshape."""
-    WG: tl.constexpr = GROUP * WBITS // 32
-    CPW: tl.constexpr = 32 // WBITS
-    j = tl.arange(0, WG)
-    words = tl.load(w_ptr + (row0 + g * WG + j)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
-    sh = tl.arange(0, CPW) * WBITS
-    c3 = (words[None, :, :] >> sh[:, None, None]) & ((1 << WBITS) - 1)
-    return tl.reshape(c3, (GROUP, BN))
-
-
-@triton.jit
-def _group_dot(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g, N, K, row1, row2,
-               W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
-               GROUP: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """acc (BM, BN) += group g's share: one tensor-core product of x/cs with the raw integer codes
-    (exact in bf16/fp16, codes < 256), then S and Z applied once per output in fp32:
-    y += S ⊙ (x·C) + Z ⊙ Σx. Unpacking costs shift, mask and the exponent trick per code; the
-    scale is no longer multiplied into every weight, and the product's depth is a whole group."""
-    codes = _group_codes(w_ptr, g, offs_n, mask_n, N, 0, W0, GROUP, BN)
-    if W1 > 0:
-        codes += _group_codes(w_ptr, g, offs_n, mask_n, N, row1, W1, GROUP, BN) << OFF1
-    if W2 > 0:
-        codes += _group_codes(w_ptr, g, offs_n, mask_n, N, row2, W2, GROUP, BN) << OFF2
-    w = (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    k = g * GROUP + tl.arange(0, GROUP)
-    xv = tl.load(x_ptr + offs_m[:, None] * K + k[None, :], mask=mask_m[:, None], other=0.0).to(tl.float32)
-    if HAS_CS:
-        xv = tl.fdiv(xv, tl.load(cs_ptr + k)[None, :])
-    if DOT_DTYPE == tl.float32:
-        p = tl.dot(xv, w, input_precision="ieee")
-    else:
-        p = tl.dot(xv.to(DOT_DTYPE), w.to(DOT_DTYPE))
-    scale = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    zero = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return acc + p * scale[None, :] + tl.sum(xv, axis=1)[:, None] * zero[None, :]
-
-
-@triton.jit
 def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR: tl.constexpr,
                USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """t (BM, BR) fp32 = x[:, k0:k1] · A[:, k0:k1]ᵀ: the low-rank term's first product over a K
@@ -233,7 +192,7 @@ def quant_matmul_kernel(
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, GROUP_DOT: tl.constexpr = True,
+    HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
 ):
     """Split-K low-bit matmul. Grid (N tiles, K splits, M tiles); each program sums its share of
     K tiles of GT groups. PARTIAL: write fp32 partial sums (SPLIT, M, N) for ``reduce_kernel``,
@@ -252,12 +211,7 @@ def quant_matmul_kernel(
     acc = tl.zeros((BM, BN), tl.float32)
     for t in range(t0, t1):
         g0 = t * GT
-        if USE_DOT and GROUP_DOT:
-            for gg in tl.static_range(GT):
-                if g0 + gg < G:  # uniform branch: the layer's last tile may be short
-                    acc = _group_dot(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0 + gg,
-                                     N, K, row1, row2, W0, W1, W2, OFF1, OFF2, GROUP, BN, HAS_CS, DOT_DTYPE)
-        elif USE_DOT:
+        if USE_DOT:
             acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
                              0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
             if W1 > 0:
