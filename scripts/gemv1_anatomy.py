@@ -45,7 +45,7 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
             w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                            EVEN_N)
         if SCRATCH:
-            _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
+            _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, K, G, 0, W0, W1, W2, GROUP, GPS, 1, HAS_CS, PAIRS)
             tl.debug_barrier()
         acc = tl.zeros((BN,), tl.float32)
         bits = tl.zeros((BN,), tl.int32)
@@ -57,7 +57,7 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
                 w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2,
                                                GROUP, EVEN_N)
             if COMPUTE:
-                d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP,
+                d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, 0, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, 1,
                                        PAIRS, ASM)
                 acc += s * d + z * xsum
             else:
@@ -67,8 +67,8 @@ def anatomy_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr
                 w0, w1, w2, s, z = n0, n1, n2, ns, nz
         acc += bits.to(tl.float32)
         if TAIL:
-            _gemv1_split_k_tail(acc, tl.zeros((BR,), tl.float32), ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n,
-                                bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+            _gemv1_split_k_tail(acc[None, :], tl.zeros((1, BR), tl.float32), ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n,
+                                mask_n, 1, N, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR, 1, 1)
         else:
             tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
 

@@ -104,7 +104,7 @@ def test_online_quantize_kernel_options_match_the_reference(opts):
     assert int((got.codes().int() - ref.codes().int()).abs().max()) <= (1 if CUDA else 0)
 
 
-# M = 1: one-launch GEMV; 3: tensor-core GEMM (the default) and the split-K GEMV (forced); 20:
+# M = 1 and 3: one-launch GEMV (the default); 3: tensor-core GEMM (forced); 20:
 # tensor-core GEMM (forced: this layer is small) and the default dequantize + dense matmul; 300:
 # dequantize + dense matmul.
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -115,14 +115,15 @@ def test_triton_matmul_matches_float64_reference_on_every_path(bits, group):
     lowrank = (rand(N, R, scale=0.1), rand(R, K, scale=0.1))
     bias = rand(N)
     for M, cs, lr, b, path in ((1, col_scale(K), lowrank, bias, None), (3, None, None, None, None),
-                               (3, col_scale(K), lowrank, bias, "gemv"),
+                               (3, col_scale(K), lowrank, bias, "dot"),
                                (20, col_scale(K), lowrank, None, "dot"), (20, None, None, bias, None),
                                (300, col_scale(K), lowrank, bias, None)):
         x = rand(M, K).to(XDTYPE)
         y = triton_backend.quant_matmul(x, packed, cs, lr, b, path=path)
         assert y.shape == (M, N) and y.dtype == XDTYPE
         err = rel_err(y, ref_matmul(x, packed, cs, lr, b))
-        assert err < (PAIRS_TOL if M == 1 else TOL), (M, path, err)  # M = 1: fp16x2 by default
+        gemv = (path or triton_backend.path_for(M, N, K)) == "gemv"
+        assert err < (PAIRS_TOL if gemv else TOL), (M, path, err)  # the GEMV sums in fp16x2
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -134,73 +135,93 @@ def test_tensor_core_tiles_are_deep_enough_for_tl_dot_in_every_slice(bits, group
 
     wmin = min(w for _, w in slice_widths(bits))
     for M in (17, 64):
-        for _, _, gt, _, _ in triton_backend._candidates(True, bits, group, K, 40, M, 132):
+        for _, _, gt, _, _ in triton_backend._candidates(bits, group, K, 40, M, 132):
             assert gt * group * wmin // 32 >= 16, (gt, group, wmin)
 
 
-def test_every_tile_candidate_computes_the_same_function():
-    N, K = 72, 512  # N not a multiple of any tile: masked rows
+def test_every_tensor_core_tile_candidate_computes_the_same_function():
+    N, K, M = 72, 512, 5  # N not a multiple of any tile: masked rows
     packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
-    x, cs, bias = rand(2, K).to(XDTYPE), col_scale(K), rand(N)
+    x, cs, bias = rand(M, K).to(XDTYPE), col_scale(K), rand(N)
     lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))  # x Aᵀ in the kernels: split over K or not
     ref = ref_matmul(x, packed, cs, lowrank, bias)
-    for use_dot, M in ((False, 2), (True, 2)):
-        cands = triton_backend._candidates(use_dot, 4, 64, K, N, M, 1)
-        cands += [c[:3] + (1,) + c[4:] for c in cands]  # also the fused epilogue (no split-K)
-        assert any(c[3] > 1 for c in cands)
-        for cfg in cands:
-            out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
-            triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out, use_dot)
-            assert rel_err(out, ref) < TOL, cfg
+    cands = triton_backend._candidates(4, 64, K, N, M, 1)
+    cands += [c[:3] + (1,) + c[4:] for c in cands]  # also the fused epilogue (no split-K)
+    assert any(c[3] > 1 for c in cands)
+    for cfg in cands:
+        out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
+        triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out)
+        assert rel_err(out, ref) < TOL, cfg
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_workspace_zeroed(bits):
-    """M = 1 runs gemv1_kernel: K split over programs whose partial sums the last one to arrive
-    adds up. Every candidate tile, N not a multiple of the tile (masked columns), groups 32-128,
-    with prescale, low-rank term and bias; the output is NaN-poisoned so every element must be
-    written, and the split-K workspace and counters must be back at zero for the next call."""
+def _gemv1_buffer_keys(device, N, rows, tws_numel):
+    """Keys of the GEMV's cached workspaces that a launch on ``device`` used (KeyError if it did not)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    keys = [(device, stream, "ws", N, rows), (device, stream, "tws", tws_numel)]
+    missing = [k for k in keys if k not in triton_backend._GEMV1_BUFFERS]
+    assert not missing, missing
+    return keys
+
+
+# every width at M = 1; two and four rows (M = 3: one padding row) on a subset, for interpreter time
+@pytest.mark.parametrize("bits, M", [(2, 1), (3, 1), (4, 1), (8, 1), (2, 2), (8, 2), (3, 3), (4, 3)])
+def test_one_launch_gemv_matches_float64_on_every_candidate_and_leaves_its_workspace_zeroed(bits, M):
+    """M <= 4 runs gemv1_kernel: K split over programs whose partial sums the last one to arrive
+    adds up; M = 3 has a padding row (the kernel runs 4). Every candidate tile, N not a multiple
+    of the tile (masked columns), groups 32-128, with prescale, low-rank term and bias; the output
+    is NaN-poisoned so every element must be written, and the split-K workspace and counters must
+    be back at zero for the next call."""
+    rows = triton_backend._next_pow2(M)
     for group, N, K in ((32, 72, 256), (64, 40, 512), (128, 136, 512)):
         packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
-        x, cs, bias = rand(1, K).to(XDTYPE), col_scale(K), rand(N)
+        x, cs, bias = rand(M, K).to(XDTYPE), col_scale(K), rand(N)
         lowrank = (rand(N, 8, scale=0.1), rand(8, K, scale=0.1))
         ref = ref_matmul(x, packed, cs, lowrank, bias)
-        cands = triton_backend._gemv1_candidates(bits, group, K, N, 132)
+        cands = triton_backend._gemv1_candidates(bits, group, K, N, 132, rows)
         assert any(math.ceil(K // group / cfg[1]) > 1 for cfg in cands)  # split-K is exercised
-        assert {cfg[4] for cfg in cands} == {True, False}  # fp16x2 pairs and fp32 codes
+        # fp16x2 pairs and fp32 codes at M = 1; several rows: pairs only
+        assert {cfg[4] for cfg in cands} == ({True, False} if M == 1 else {True})
         for cfg in cands:
-            out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
+            out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)
             triton_backend._launch_gemv1(cfg, x, cs.float(), packed, lowrank, bias, out)
             assert rel_err(out, ref) < (PAIRS_TOL if cfg[4] else TOL), (group, N, cfg)
-            # x.device: cuda:0, as the launch keys the buffers; tws: 8 ranks per column block
-            ws, lock, _, tws = triton_backend._gemv1_buffers(x.device, N, 1, math.ceil(N / cfg[0]) * 8)
+            # the buffers this launch used (x.device: cuda:0, as the launch keys them); tws holds BR
+            # floats per row and column block (BR: rank 8 padded, to 16 for tensor cores with several rows)
+            tws_numel = math.ceil(N / cfg[0]) * rows * (8 if rows == 1 else 16)
+            ws_key, tws_key = _gemv1_buffer_keys(x.device, N, rows, tws_numel)
+            (ws, lock), tws = triton_backend._GEMV1_BUFFERS[ws_key], triton_backend._GEMV1_BUFFERS[tws_key]
             assert not ws.any() and not lock.any() and not tws.any(), cfg
+    with pytest.raises(ValueError, match="pairs path"):
+        triton_backend._launch_gemv1((128, 1, 1, 1, False), rand(2, K).to(XDTYPE), None, packed, None, None,
+                                     torch.empty(2, N, device=DEV, dtype=XDTYPE))
 
 
 @pytest.mark.parametrize("bits", [2, 4, 5])
 def test_fp16x2_pairs_path_survives_activations_beyond_fp16_and_zero_groups(bits):
     """The pairs path sums in fp16, whose range ends at 65504: x is divided by its group's |max|
-    first. Activations of 1e5 with a 100× outlier channel, and a group of zeros (|max| = 0), must
-    still give the float64 result."""
+    first (each row its own). Activations of 1e5 with a 100× outlier channel, a group of zeros
+    (|max| = 0) and, beside them, a row of ordinary size must still give the float64 result."""
     group, N, K = 64, 64, 512
     packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
-    x = rand(1, K, scale=1e5)
+    x = rand(2, K, scale=1e5)
     x[0, 3] *= 100
     x[0, group:2 * group] = 0
+    x[1] = rand(K)
     x, cs = x.to(XDTYPE), col_scale(K)
     ref = ref_matmul(x, packed, cs)
-    for cfg in triton_backend._gemv1_candidates(bits, group, K, N, 132):
+    for cfg in triton_backend._gemv1_candidates(bits, group, K, N, 132, 2):
         if cfg[4]:
-            out = torch.full((1, N), float("nan"), device=DEV, dtype=XDTYPE)
+            out = torch.full((2, N), float("nan"), device=DEV, dtype=XDTYPE)
             triton_backend._launch_gemv1(cfg, x, cs.float(), packed, None, None, out)
-            assert rel_err(out, ref) < PAIRS_TOL, cfg
+            assert rel_err(out, ref) < PAIRS_TOL and rel_err(out[1:], ref[1:]) < PAIRS_TOL, cfg
 
 
-def test_m1_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch):
-    """quant_matmul routes one token to gemv1_kernel; calls that reuse the workspace are not
-    polluted by the ones before (the counters and partial sums were reset)."""
+@pytest.mark.parametrize("M", [1, 2])
+def test_small_m_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch, M):
+    """quant_matmul routes one or two tokens (any layer) to gemv1_kernel; calls that reuse the
+    workspace are not polluted by the ones before (the counters and partial sums were reset)."""
     packed = triton_backend.quantize_pack(rand(96, 512), None, 4, 64)
-    x1, x2, cs = rand(1, 512).to(XDTYPE), rand(1, 512).to(XDTYPE), col_scale(512)
+    x1, x2, cs = rand(M, 512).to(XDTYPE), rand(M, 512).to(XDTYPE), col_scale(512)
     calls = []
     orig = triton_backend._launch_gemv1
     monkeypatch.setattr(triton_backend, "_launch_gemv1", lambda cfg, *a, **k: calls.append(cfg) or orig(cfg, *a, **k))
@@ -275,8 +296,9 @@ def test_dequantize_kernel_gives_the_effective_weight():
 
 
 def test_path_rule_follows_m_and_layer_size():
-    assert triton_backend.path_for(1, 256, 256) == "gemv"
-    assert triton_backend.path_for(2, 256, 256) == "dot" and triton_backend.path_for(8, 2048, 2048) == "dot"
+    assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048) == "gemv"
+    assert triton_backend.path_for(2, 256, 256) == "gemv" and triton_backend.path_for(3, 2048, 1024) == "dot"
+    assert triton_backend.path_for(5, 256, 256) == "dot" and triton_backend.path_for(8, 2048, 2048) == "dot"
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"

@@ -162,8 +162,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
             mine = triton_backend.path_for(M, N, K)
-            other = {"gemv": "dot", "dot": "gemv" if M <= triton_backend.GEMV_MAX_M else "dequant",
-                     "dequant": "dot"}[mine]
+            other = {"gemv": "dot", "dot": "dequant", "dequant": "dot"}[mine]
             if other == "dot" and M > 256:
                 other = None
         if other:
@@ -196,24 +195,25 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
 
 
 def sweep(N, K, M, bits, group, bw, l2):
-    """Time every tile candidate of one case (for choosing the heuristic). At M = 1 the one-launch
-    GEMV's (BN, GPS, warps, stages) grid, plus the split-K kernel's heuristic tile for comparison."""
+    """Time every tile candidate of one case (for choosing the heuristic). At M <= GEMV_MAX_M the
+    one-launch GEMV's (BN, GPS, warps, stages, pairs) grid (several rows: pairs only), plus the
+    tensor-core kernel's heuristic tile for comparison; else the tensor-core kernel's candidates."""
     dev = DEV
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5
     packed = triton_backend.quantize_pack(w, cs, bits, group)
     copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
-    use_dot = triton_backend.path_for(M, N, K) == "dot"
-    out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)  # sweeps the split-K kernel of that M
+    out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
     sms = triton_backend._num_sms(torch.device(dev))
-    cands = triton_backend._candidates(use_dot, bits, group, K, N, M, sms)
+    cands = triton_backend._candidates(bits, group, K, N, M, sms)
     runs = []
-    if M == 1:
+    if M <= triton_backend.GEMV_MAX_M:
         G = K // group
         shapes = [(256, 2), (512, 4), (1024, 4), (1024, 8)]  # (BN, warps)
         grid = [(bn, gps, wp, st, pairs) for bn, wp in shapes for gps in (1, 2, 4, 8, 16) for st in (1, 2, 3)
-                for pairs in (True, False) if gps <= G and bn <= max(128, triton_backend._next_pow2(N))
+                for pairs in ((True, False) if M == 1 else (True,)) if gps <= G
+                and bn <= max(128, triton_backend._next_pow2(N))
                 and math.ceil(N / bn) * math.ceil(G / gps) >= sms // 2]
         ref = reference.quant_matmul(x.double(), packed, cs.double())
         for cfg in grid:
@@ -225,8 +225,7 @@ def sweep(N, K, M, bits, group, bw, l2):
                                              for p in copies]))
         cands = cands[:1]
     for cfg in cands:
-        runs.append((cfg, [lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out, use_dot)
-                           for p in copies]))
+        runs.append((cfg, [lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out) for p in copies]))
     rows = []
     for cfg, fns in runs:
         rows.append(dict(N=N, K=K, M=M, bits=bits, group=group, cfg=cfg, us=graph_time_us(fns)))

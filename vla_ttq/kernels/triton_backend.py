@@ -1,20 +1,21 @@
 """Launching the Triton kernels: shape checks, the kernel chosen by M, tile/split choice and tuning.
 
 Rule (by the number of tokens M = x.numel() / K):
-* M == 1: the one-launch GEMV (``gemv1_kernel``: x / cs computed once per program into a scratch,
-  codes unpacked and multiplied two at a time in fp16x2 (PTX; emulated under the interpreter),
-  split-K partial sums reduced by the last program to arrive, no second kernel);
-* 1 < M <= GEMV_MAX_M (any layer), and M <= DOT_MAX_M on large layers (N*K >= DOT_MIN_NK):
-  split-K tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M masked). The split-K
-  GEMV on CUDA cores (unpack once, FMA for each of the <= 8 rows) stays as ``path="gemv"``: at
-  M = 2 on the H200 (run 7) it lost to the tensor-core GEMM on every Gemma-2B layer (gate/up W4
-  42.3 vs 23.4 µs, q/o 10.5 vs 7.9; W2 165 µs);
+* M <= GEMV_MAX_M: the one-launch GEMV (``gemv1_kernel``: x / cs computed once per program into
+  a scratch, codes unpacked and multiplied two at a time in fp16x2 (PTX; emulated under the
+  interpreter), for each of the M rows, split-K partial sums reduced by the last program to
+  arrive, no second kernel). Every program reads its words once whatever M, but the unpacking is
+  per row: on the H200 (run 8) it beat the tensor-core GEMM at M = 2-4 on the Gemma-2B layers
+  (gate/up W4 M = 2: 12.4 vs 23.5 µs, M = 4: 16.9 vs 23.4) and lost at M = 8 (29.0 vs 23.9);
+  3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster there;
+* M <= DOT_MAX_M on any layer up to M = 8, and on large layers (N*K >= DOT_MIN_NK): split-K
+  tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M masked);
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
-Split-K programs write fp32 partial sums; a second small kernel adds them with the bias and the
-low-rank term. The low-rank term's t = x Aᵀ is computed inside the matmul kernels (each K split
-its part), not by a matmul launched before them: that launch and a cast cost ~8 µs, more than the
-whole M = 1 GEMV. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
+The GEMM's split-K programs write fp32 partial sums; a second small kernel adds them with the
+bias and the low-rank term. The low-rank term's t = x Aᵀ is computed inside the matmul kernels
+(each K split its part), not by a matmul launched before them: that launch and a cast cost ~8 µs,
+more than the whole M = 1 GEMV. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
 M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bucket).
 """
 
@@ -34,7 +35,9 @@ from ..quant.packing import PackedWeight
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
 
 PATHS = ("gemv", "dot", "dequant")
-GEMV_MAX_M = 8
+GEMV_MAX_M = 4
+GEMV_ROWS_MIN_NK = 4 << 20  # 3-4 tokens take the GEMV from ~4M weights (H200 run 8: below, the GEMM won by ~0.8 µs)
+DOT_ANY_LAYER_MAX_M = 8
 DOT_MAX_M = 64
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
@@ -114,38 +117,24 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _candidates(use_dot: bool, bits: int, group: int, K: int, N: int, M: int, sms: int) -> list[tuple]:
-    """(BM, BN, GT, split, num_warps) candidates; the first one is the heuristic's choice.
-
-    GEMV tiles are 128·num_warps columns wide (4 per thread, 16-byte loads, one warp per 128
-    columns) and ~8 word rows deep, so each thread reduces over K in its registers."""
+def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list[tuple]:
+    """(BM, BN, GT, split, num_warps) candidates of the tensor-core GEMM; the first one is the
+    heuristic's choice."""
     G = K // group
     wmin = min(w for _, w in slice_widths(bits))
     out = []
-    if use_dot:
-        bm = min(64, max(16, _next_pow2(M)))
-        gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
-        shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
-                  (bm, 64, 2 * gt_min, 4, (2,))]
-        if bits == 2 and bm == 16:
-            # H200 sweep (run 8, docs/kernels.md): 8 warps won every Gemma-2B layer at W2, M = 2-16
-            # (gate/up M = 16: 24.4 vs 33.0 µs with 4 warps); at W4, and from M = 32, 4 warps won
-            shapes.insert(0, shapes.pop(2))
-    else:
-        bm = _next_pow2(M)
-        w0 = slice_widths(bits)[0][1]
-        gt8 = max(1, 8 * 32 // (group * w0))  # ~8 word rows of slice 0 per tile
-        if bm == 1:
-            # H100 sweep (docs/kernels.md): 512 columns x 4 warps, ~4 programs per SM, won on the large layers
-            shapes = [(1, 512, gt8, 4, (4, 8)), (1, 512, 2 * gt8, 4, (4, 8)), (1, 256, gt8, 2, (4, 8)),
-                      (1, 128, gt8, 1, (4, 8)), (1, 128, 8 * gt8, 8, (1, 4)), (1, 256, 4 * gt8, 8, (1, 4))]
-        else:
-            shapes = [(bm, 128, gt8, 1, (4, 2)), (bm, 256, gt8, 2, (4, 2)), (bm, 64, gt8, 1, (4,)),
-                      (bm, 128, max(1, gt8 // 2), 1, (4,))]
+    bm = min(64, max(16, _next_pow2(M)))
+    gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
+    shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
+              (bm, 64, 2 * gt_min, 4, (2,))]
+    if bits == 2 and bm == 16:
+        # H200 sweep (run 8, docs/kernels.md): 8 warps won every Gemma-2B layer at W2, M = 2-16
+        # (gate/up M = 16: 24.4 vs 33.0 µs with 4 warps); at W4, and from M = 32, 4 warps won
+        shapes.insert(0, shapes.pop(2))
     for bm_, bn, gt, warps, waves_list in shapes:
         bn = min(bn, max(16, _next_pow2(N)))
         # no deeper than the layer, except where tl.dot needs the depth (rows past G are masked)
-        gt = max(min(gt, _next_pow2(G)), gt_min) if use_dot else min(gt, _next_pow2(G))
+        gt = max(min(gt, _next_pow2(G)), gt_min)
         k_tiles = math.ceil(G / gt)
         programs = math.ceil(N / bn) * math.ceil(M / bm_)
         for waves in waves_list:  # aim at this many programs per SM (split-K fills the rest)
@@ -171,9 +160,10 @@ def _lowrank_args(lowrank) -> tuple:
     return (None, None) if lowrank is None else (lowrank[0].contiguous(), lowrank[1].contiguous())
 
 
-def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[tuple]:
-    """(BN, GPS, num_warps, stages, pairs) for the M = 1 kernel; the first one is the heuristic's
-    choice. ``pairs``: unpack and multiply two codes per fp16x2 instruction (else fp32, one code);
+def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int = 1) -> list[tuple]:
+    """(BN, GPS, num_warps, stages, pairs) for the one-launch GEMV of ``rows`` tokens (padded to a
+    power of two); the first one is the heuristic's choice. ``pairs``: unpack and multiply two
+    codes per fp16x2 instruction (else fp32, one code; one row only);
     on the H100 it tied the fp32 path on gate/up and won on down at W4 (10.2 vs 11.5 µs, run 4 in
     docs/kernels.md), at 1.8e-3 relative error against float64 (fp32 path 1.7e-3, torch int4 2.9e-3).
 
@@ -181,24 +171,33 @@ def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int) -> list[t
     (K split); stages > 1 software-pipelines the group loop. From the H100 sweeps
     (docs/kernels.md): 1024 columns × 8 warps × 2 groups, unpipelined, won on both large Gemma-2B
     layers at W2 and tied at W4; layers too small to give every SM a program take 512 columns ×
-    4 warps, one group each, two stages."""
+    4 warps, one group each, two stages. Several rows (H200 sweep, run 8): two rows did best with
+    512 columns × 4 warps × 4 groups in 3 stages (1 group where that leaves SMs idle), four rows
+    with 256 columns × 2 warps × 2 groups, on every Gemma-2B layer measured."""
     G = K // group
     cap_n, cap_g = max(16, _next_pow2(N)), _next_pow2(G)
 
     def programs(bn, gps):
         return math.ceil(N / bn) * math.ceil(G / gps)
 
-    first = (min(1024, cap_n), min(2, cap_g), 8 if cap_n >= 1024 else max(1, min(4, cap_n // 128)), 1)
-    if programs(first[0], first[1]) < sms:
-        first = (min(1024, cap_n), 1, first[2], 1)
-    if programs(first[0], first[1]) < sms:
-        first = (min(512, cap_n), 1, max(1, min(4, min(512, cap_n) // 128)), 2)
-    others = [(min(512, cap_n), min(4, cap_g), max(1, min(4, cap_n // 128)), 3),
-              (min(512, cap_n), min(2, cap_g), max(1, min(4, cap_n // 128)), 1),
-              (min(1024, cap_n), 1, max(1, min(4, cap_n // 128)), 1),
-              (min(256, cap_n), min(2, cap_g), max(1, min(2, cap_n // 128)), 1)]
+    w512, w256 = max(1, min(4, cap_n // 128)), max(1, min(2, cap_n // 128))
+    if rows == 1:
+        first = (min(1024, cap_n), min(2, cap_g), 8 if cap_n >= 1024 else w512, 1)
+        if programs(first[0], first[1]) < sms:
+            first = (min(1024, cap_n), 1, first[2], 1)
+        if programs(first[0], first[1]) < sms:
+            first = (min(512, cap_n), 1, max(1, min(4, min(512, cap_n) // 128)), 2)
+    elif rows == 2:
+        first = (min(512, cap_n), min(4, cap_g), w512, 3)
+        if programs(first[0], first[1]) < sms:
+            first = (min(512, cap_n), 1, w512, 1)
+    else:
+        first = (min(256, cap_n), min(2, cap_g), w256, 1)
+    others = [(min(512, cap_n), min(4, cap_g), w512, 3), (min(512, cap_n), min(2, cap_g), w512, 1),
+              (min(1024, cap_n), 1, w512, 1), (min(256, cap_n), min(2, cap_g), w256, 1)]
     cands = [first] + others
-    return list(dict.fromkeys([c + (True,) for c in cands] + [c + (False,) for c in cands]))  # no repeats
+    fp32 = [c + (False,) for c in cands] if rows == 1 else []
+    return list(dict.fromkeys([c + (True,) for c in cands] + fp32))  # no repeats
 
 
 def _code_centre(bits: int) -> int:
@@ -206,10 +205,10 @@ def _code_centre(bits: int) -> int:
     return sum((1 << (w - 1)) << off for off, w in slice_widths(bits))
 
 
-def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2) -> tuple:
-    """Split-K workspace ws (N,) fp32, lock counters (N,) int32 and the low-rank workspace tws
-    (``tws_numel`` fp32: BR per column block), all zero between calls (the kernel's last programs
-    reset them), and an x / cs scratch of ``xs_numel`` fp32.
+def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2, rows: int = 1) -> tuple:
+    """Split-K workspace ws (rows·N,) fp32, lock counters (N,) int32 and the low-rank workspace tws
+    (``tws_numel`` fp32: rows·BR per column block), all zero between calls (the kernel's last
+    programs reset them), and an x / cs scratch of ``xs_numel`` fp32.
 
     Kept per (device, stream) and size, never freed: a CUDA graph that captured a launch holds
     their addresses, and two streams running at once must not share counters."""
@@ -220,43 +219,47 @@ def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int =
             _GEMV1_BUFFERS[(device, stream) + key] = make()
         return _GEMV1_BUFFERS[(device, stream) + key]
 
-    ws, lock = cached(("ws", N), lambda: (torch.zeros(N, device=device, dtype=torch.float32),
-                                          torch.zeros(N, device=device, dtype=torch.int32)))
+    ws, lock = cached(("ws", N, rows), lambda: (torch.zeros(rows * N, device=device, dtype=torch.float32),
+                                                torch.zeros(N, device=device, dtype=torch.int32)))
     xs = cached(("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
     return ws, lock, xs, cached(("tws", tws_numel), lambda: torch.zeros(tws_numel, device=device, dtype=torch.float32))
 
 
-def _gemv1_scratch_size(K: int, group: int, blocks: int) -> tuple[int, int]:
-    """(fp32 per column block, total) of gemv1's x scratch: 3·group + 4 per group (one run per
-    code slice, Σx, |max|; ``_gemv1_scratch``), one copy per column block."""
-    per_block = (K // group) * (3 * group + 4)
+def _gemv1_scratch_size(K: int, group: int, blocks: int, rows: int = 1) -> tuple[int, int]:
+    """(fp32 per column block, total) of gemv1's x scratch: (3·group + 4)·rows per group (one run
+    per code slice, Σx, |max|; ``_gemv1_scratch``), one copy per column block."""
+    per_block = (K // group) * (3 * group + 4) * rows
     return per_block, per_block * blocks
 
 
 def _launch_gemv1(cfg, x2, cs, packed, lowrank, bias, out):
-    """gemv1_kernel for one token; ``lowrank`` = (B, A) or None: x Aᵀ is computed in the kernel."""
+    """gemv1_kernel for M <= GEMV_MAX_M tokens; ``lowrank`` = (B, A) or None: x Aᵀ is computed in
+    the kernel."""
     tk = _tk()
     bn, gps, warps, stages, pairs = cfg
-    K = x2.shape[1]
+    M, K = x2.shape
+    bm = _next_pow2(M)
+    if bm > 1 and not pairs:
+        raise ValueError(f"the fp32 GEMV path runs one token; {M} need the pairs path")
     N = packed.shape[0]
     G = K // packed.group
     grid = (math.ceil(N / bn), math.ceil(G / gps))
     sl = _slices(packed.bits, K)
     lr_b, lr_a = _lowrank_args(lowrank)
-    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b)
-    per_block, numel = _gemv1_scratch_size(K, packed.group, grid[0])
-    ws, lock, xs, tws = _gemv1_buffers(x2.device, N, numel, grid[0] * common["BR"])
+    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot=bm > 1)
+    per_block, numel = _gemv1_scratch_size(K, packed.group, grid[0], bm)
+    ws, lock, xs, tws = _gemv1_buffers(x2.device, N, numel, grid[0] * bm * common["BR"], bm)
     tk.gemv1_kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, out, ws, lock, xs, bias_, a_, b_, tws,
-        N, K, G, sl["row1"], sl["row2"], R, MAGIC, per_block,
+        M, N, K, G, sl["row1"], sl["row2"], R, MAGIC, per_block,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], MID=_code_centre(packed.bits),
-        GROUP=packed.group, GPS=gps, BN=bn, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=grid[1] > 1,
-        STAGES=stages, PAIRS=pairs, ASM=not interpreting(), num_warps=warps, **common)
+        GROUP=packed.group, GPS=gps, BN=bn, BM=bm, HAS_CS=cs is not None, EVEN_N=N % bn == 0, SPLIT_K=grid[1] > 1,
+        STAGES=stages, PAIRS=pairs, ASM=not interpreting(), DOT_DTYPE=_tl_dtype(x2.dtype), num_warps=warps, **common)
     return out
 
 
-def _launch(cfg, x2, cs, packed, lowrank, bias, out, use_dot):
-    """The split-K kernel (+ reduce_kernel when K is split); ``lowrank`` = (B, A) or None."""
+def _launch(cfg, x2, cs, packed, lowrank, bias, out):
+    """The split-K tensor-core kernel (+ reduce_kernel when K is split); ``lowrank`` = (B, A) or None."""
     tk = _tk()
     bm, bn, gt, split, warps = cfg
     M, K = x2.shape
@@ -267,7 +270,7 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out, use_dot):
     split = math.ceil(k_tiles / per)  # no empty programs
     sl = _slices(packed.bits, K)
     lr_b, lr_a = _lowrank_args(lowrank)
-    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot)
+    (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot=True)
     partial = split > 1
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
     tpart = torch.empty((split, M, common["BR"]), device=x2.device, dtype=torch.float32) if partial and R else x2
@@ -276,7 +279,7 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out, use_dot):
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
-        BM=bm, BN=bn, USE_DOT=use_dot, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
+        BM=bm, BN=bn, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
         num_warps=warps, **common,
     )
     if partial:
@@ -328,19 +331,19 @@ def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dty
 @functools.cache
 def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sms: int) -> tuple:
     """The tiles ``quant_matmul`` chooses among for this call (first = the heuristic's choice):
-    the one-launch kernel's at M = 1 on the GEMV path, else the split-K kernel's. Cached: every
-    layer call of an untuned shape asks again."""
-    if M == 1 and path == "gemv":
-        return tuple(_gemv1_candidates(bits, group, K, N, sms))
-    return tuple(_candidates(path == "dot", bits, group, K, N, M, sms))
+    the one-launch GEMV's on the GEMV path, else the tensor-core kernel's. Cached: every layer
+    call of an untuned shape asks again."""
+    if path == "gemv":
+        return tuple(_gemv1_candidates(bits, group, K, N, sms, _next_pow2(M)))
+    return tuple(_candidates(bits, group, K, N, M, sms))
 
 
 def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
     """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100
-    runs, and from the H200's run 7 for 1 < M <= GEMV_MAX_M)."""
-    if M == 1:
+    runs, and from the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M)."""
+    if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK)):
         return "gemv"
-    if 0 < M <= DOT_MAX_M and (M <= GEMV_MAX_M or N * K >= DOT_MIN_NK):
+    if 0 < M <= DOT_MAX_M and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK):
         return "dot"
     return "dequant"
 
@@ -376,14 +379,12 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
             y.addmm_(F.linear(x2, a.to(x.dtype)), b.to(x.dtype).t())
         return y.reshape(*lead, N)
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    use_dot = path == "dot"
     if path == "gemv" and M > GEMV_MAX_M:
         raise ValueError(f"the GEMV kernel takes at most {GEMV_MAX_M} rows, got {M}")
-    if M == 1 and path == "gemv":  # both kernels compute x Aᵀ themselves
+    if path == "gemv":  # both kernels compute x Aᵀ themselves
         launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
     else:
-        launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out,
-                                   use_dot=use_dot)
+        launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
     key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
     cfg = _TUNED.get(key)
     if cfg is None:

@@ -19,25 +19,6 @@ def _code_float(words, shift, WBITS: tl.constexpr):
 
 
 @triton.jit
-def _slab_float(words, SH: tl.constexpr, WBITS: tl.constexpr):
-    """Codes of bit field [SH, SH+WBITS) as floats times 2^SH when that fits the mantissa
-    (one masked OR, no shift: the caller scales x by 2^-SH, exactly), else plain codes."""
-    if SH + WBITS <= 23:
-        q = (words & (((1 << WBITS) - 1) << SH)) | 0x4B000000
-        return q.to(tl.float32, bitcast=True) - 8388608.0
-    else:
-        return _code_float(words, SH, WBITS)
-
-
-@triton.jit
-def _slab_x_scale(SH: tl.constexpr, WBITS: tl.constexpr):
-    if SH + WBITS <= 23:
-        return 1.0 / (1 << SH)
-    else:
-        return 1.0
-
-
-@triton.jit
 def _group_rows(ptr, gi, offs_n, mask_r, mask_n, N):
     """Per-group rows (scales or zero points) of the tile's word rows, (BKW, BN), as fp32."""
     return tl.load(ptr + gi[:, None] * N + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
@@ -69,56 +50,6 @@ def _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS: tl.constexp
 
 
 @triton.jit
-def _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
-                row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr):
-    """Contribution (BM, BN) of one code slice over groups [g0, g0+GT), on CUDA cores. Each thread
-    owns output columns and reduces over its word rows in registers."""
-    WG: tl.constexpr = GROUP * WBITS // 32
-    BKW: tl.constexpr = GT * WG
-    CPW: tl.constexpr = 32 // WBITS
-    words, scale, gi, mask_r, kbase = _tile_words(w_ptr, s_ptr, offs_n, mask_n, g0, G, N, row0, WBITS, GROUP, GT)
-    if BM == 1:  # decode / action-expert step: x is one vector, broadcast over the columns
-        part = tl.zeros((BKW, BN), tl.float32)
-        xsum = tl.zeros((BKW,), tl.float32)
-        xmask = mask_r & (offs_m < M)
-        for i in tl.static_range(CPW):
-            k = kbase + i * WG
-            xi = tl.load(x_ptr + offs_m * K + k, mask=xmask, other=0.0).to(tl.float32)
-            if HAS_CS:
-                xi = tl.fdiv(xi, tl.load(cs_ptr + k, mask=mask_r, other=1.0))
-            if WITH_ZERO:
-                xsum += xi
-            part += (xi * _slab_x_scale(i * WBITS, WBITS))[:, None] * _slab_float(words, i * WBITS, WBITS)
-        part = part * scale
-        if WITH_ZERO:
-            zero = _group_rows(z_ptr, gi, offs_n, mask_r, mask_n, N)
-            part += xsum[:, None] * zero
-        out = tl.sum(part, axis=0)
-        if SLICE_SCALE != 1:
-            out = out * SLICE_SCALE
-        return out[None, :]
-    else:
-        part3 = tl.zeros((BM, BKW, BN), tl.float32)
-        xsum3 = tl.zeros((BM, BKW), tl.float32)
-        xmask3 = mask_m[:, None] & mask_r[None, :]
-        for i in tl.static_range(CPW):
-            k = kbase + i * WG
-            xi3 = _x_slab(x_ptr, cs_ptr, offs_m, k, xmask3, mask_r, K, HAS_CS)
-            if WITH_ZERO:
-                xsum3 += xi3
-            part3 += (xi3 * _slab_x_scale(i * WBITS, WBITS))[:, :, None] * _slab_float(words, i * WBITS, WBITS)[None, :, :]
-        part3 = part3 * scale[None, :, :]
-        if WITH_ZERO:
-            zero3 = _group_rows(z_ptr, gi, offs_n, mask_r, mask_n, N)
-            part3 += xsum3[:, :, None] * zero3[None, :, :]
-        out3 = tl.sum(part3, axis=1)
-        if SLICE_SCALE != 1:
-            out3 = out3 * SLICE_SCALE
-        return out3
-
-
-@triton.jit
 def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
                row0, SLICE_SCALE: tl.constexpr, WBITS: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
                HAS_CS: tl.constexpr, WITH_ZERO: tl.constexpr, DOT_DTYPE: tl.constexpr):
@@ -145,12 +76,12 @@ def _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, 
 
 @triton.jit
 def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR: tl.constexpr,
-               USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+               DOT_DTYPE: tl.constexpr):
     """t (BM, BR) fp32 = x[:, k0:k1] · A[:, k0:k1]ᵀ: the low-rank term's first product over a K
     range, computed in the matmul's own programs instead of by a matmul launched before them.
     Chunks are pipelined (their loads issued ahead): unpipelined, the programs that compute t
     wait on one load latency per chunk and finish last."""
-    CH: tl.constexpr = 128 if USE_DOT else 32  # the CUDA-core product is (BM, BR, CH) in registers
+    CH: tl.constexpr = 128
     r = tl.arange(0, BR)
     c = tl.arange(0, CH)
     t = tl.zeros((BM, BR), tl.float32)
@@ -159,13 +90,10 @@ def _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM: tl.constexpr, BR:
         km = kk < k1
         xv = tl.load(x_ptr + offs_m[:, None] * K + kk[None, :], mask=mask_m[:, None] & km[None, :], other=0.0)
         av = tl.load(a_ptr + r[:, None] * K + kk[None, :], mask=(r[:, None] < R) & km[None, :], other=0.0)
-        if USE_DOT:  # tensor cores (BM, BR >= 16)
-            if DOT_DTYPE == tl.float32:
-                t = tl.dot(xv.to(tl.float32), tl.trans(av.to(tl.float32)), t, input_precision="ieee")
-            else:
-                t = tl.dot(xv.to(DOT_DTYPE), tl.trans(av.to(DOT_DTYPE)), t)
+        if DOT_DTYPE == tl.float32:  # tensor cores (BM, BR >= 16)
+            t = tl.dot(xv.to(tl.float32), tl.trans(av.to(tl.float32)), t, input_precision="ieee")
         else:
-            t += tl.sum(xv.to(tl.float32)[:, None, :] * av.to(tl.float32)[None, :, :], axis=2)
+            t = tl.dot(xv.to(DOT_DTYPE), tl.trans(av.to(DOT_DTYPE)), t)
     return t
 
 
@@ -191,13 +119,14 @@ def quant_matmul_kernel(
     M, N, K, G, row1, row2, tiles_per_split, R,
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-    USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_LR: tl.constexpr,
 ):
-    """Split-K low-bit matmul. Grid (N tiles, K splits, M tiles); each program sums its share of
-    K tiles of GT groups. PARTIAL: write fp32 partial sums (SPLIT, M, N) for ``reduce_kernel``,
-    and (HAS_LR) the first column of programs writes its K range's part of t = x Aᵀ (SPLIT, M,
-    BR) to ``tpart``; else compute t over all of K, apply the epilogue and write y in out's dtype."""
+    """Split-K low-bit matmul on tensor cores (dequantized tiles fed to tl.dot). Grid (N tiles,
+    K splits, M tiles); each program sums its share of K tiles of GT groups. PARTIAL: write fp32
+    partial sums (SPLIT, M, N) for ``reduce_kernel``, and (HAS_LR) the first column of programs
+    writes its K range's part of t = x Aᵀ (SPLIT, M, BR) to ``tpart``; else compute t over all of
+    K, apply the epilogue and write y in out's dtype."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -211,37 +140,27 @@ def quant_matmul_kernel(
     acc = tl.zeros((BM, BN), tl.float32)
     for t in range(t0, t1):
         g0 = t * GT
-        if USE_DOT:
+        acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                         0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
+        if W1 > 0:
             acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
-                             0, 1, W0, GROUP, GT, HAS_CS, True, DOT_DTYPE)
-            if W1 > 0:
-                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
-                                 row1, 1 << OFF1, W1, GROUP, GT, HAS_CS, False, DOT_DTYPE)
-            if W2 > 0:
-                acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
-                                 row2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
-        else:
-            acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
-                               0, 1, W0, GROUP, GT, BM, BN, HAS_CS, True)
-            if W1 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
-                                   row1, 1 << OFF1, W1, GROUP, GT, BM, BN, HAS_CS, False)
-            if W2 > 0:
-                acc += _gemv_slice(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, M, N, K,
-                                   row2, 1 << OFF2, W2, GROUP, GT, BM, BN, HAS_CS, False)
+                             row1, 1 << OFF1, W1, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+        if W2 > 0:
+            acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
+                             row2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
     omask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
         tl.store(out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=omask)
         if HAS_LR:
             if pid_n == 0:
                 lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), K, R,
-                                  BM, BR, USE_DOT, DOT_DTYPE)
+                                  BM, BR, DOT_DTYPE)
                 r = tl.arange(0, BR)
                 tl.store(tpart_ptr + (pid_k * M + offs_m[:, None]) * BR + r[None, :], lr_t, mask=mask_m[:, None])
     else:
         lr_t = tl.zeros((BM, BR), tl.float32)
         if HAS_LR:
-            lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, 0, K, K, R, BM, BR, USE_DOT, DOT_DTYPE)
+            lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, 0, K, K, R, BM, BR, DOT_DTYPE)
         acc = _epilogue(acc, offs_n, mask_n, bias_ptr, lr_t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
@@ -533,30 +452,31 @@ def _pair_shift(p, WBITS: tl.constexpr):
 
 
 @triton.jit
-def _store_pairs(xh_ptr, xn, pos, km, WBITS: tl.constexpr, GROUP: tl.constexpr):
+def _store_pairs(xh_ptr, xn, pos, km, m, WBITS: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr):
     """Write x'' = x / (cs·|max|) of each channel, times 2^-shift of its field, as fp16 into its
     place in the pair scratch: per group, pair p, word row j: (field p, field p + 16/w) as the
     (lo, hi) halves of one int32 that ``_gemv1_pairs`` multiplies with one word's two fields.
-    ``xh_ptr``: each group's place (in halves), ``pos``: the channel's position in its group."""
+    ``xh_ptr``: each group's place (in halves), ``pos``: the channel's position in its group.
+    With BM rows the BM pairs of one (field, word row) sit side by side, row m at m."""
     WG: tl.constexpr = GROUP * WBITS // 32
     HALF: tl.constexpr = 16 // WBITS
     i = pos // WG
     p = i % HALF
     factor = ((127 - _pair_shift(p, WBITS)) << 23).to(tl.float32, bitcast=True)
-    tl.store(xh_ptr + ((p * WG + pos % WG) * 2 + i // HALF), (xn * factor).to(tl.float16), mask=km)
+    tl.store(xh_ptr + (((p * WG + pos % WG) * BM + m) * 2 + i // HALF), (xn * factor).to(tl.float16), mask=km)
 
 
 @triton.jit
-def _gemv1_pairs(xw_ptr, words, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr):
+def _gemv1_pairs(xw_ptr, words, WBITS: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, ASM: tl.constexpr):
     """Σ_k x''_k·(c_k − mid) (BN,) in fp32 over one group of one slice, summed in fp16x2 lanes;
-    ``xw_ptr``: the group's x'' pairs in the scratch."""
+    ``xw_ptr``: the group's x'' pairs of one row in the scratch (BM rows interleaved)."""
     WG: tl.constexpr = GROUP * WBITS // 32
     HALF: tl.constexpr = 16 // WBITS
     r = tl.arange(0, WG)
     high = words >> 8
     acc = tl.zeros(words.shape, tl.int32)
     for p in tl.static_range(HALF):
-        xp = tl.broadcast_to(tl.load(xw_ptr + p * WG + r)[:, None], words.shape)
+        xp = tl.broadcast_to(tl.load(xw_ptr + (p * WG + r) * BM)[:, None], words.shape)
         if p * WBITS + WBITS <= 10:
             src = words
             sh = p * WBITS
@@ -575,10 +495,10 @@ def _gemv1_pairs(xw_ptr, words, WBITS: tl.constexpr, GROUP: tl.constexpr, ASM: t
 
 @triton.jit
 def _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP: tl.constexpr, GPS: tl.constexpr, BR: tl.constexpr):
-    """t_part (BR,) fp32 = x Aᵀ over this program's input channels (groups [g0, g0 + GPS)): the
-    low-rank term is linear in x, so the K splits' parts add up to t = x Aᵀ. Computed here
-    instead of by a matmul launched before the kernel (x Aᵀ, then a cast: two more launches,
-    which cost more than the whole W4 GEMV at M = 1)."""
+    """t_part (BR,) fp32 = x Aᵀ over this program's input channels (groups [g0, g0 + GPS)) for one
+    token, on CUDA cores: the low-rank term is linear in x, so the K splits' parts add up to
+    t = x Aᵀ. Computed here instead of by a matmul launched before the kernel (x Aᵀ, then a cast:
+    two more launches, which cost more than the whole W4 GEMV at M = 1)."""
     kk = (g0 + tl.arange(0, GPS))[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     km = kk < K
     r = tl.arange(0, BR)[:, None, None]
@@ -588,35 +508,55 @@ def _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP: tl.constexpr, GPS: tl.con
 
 
 @triton.jit
-def _gemv1_store_row(acc, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
-                     HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """y = acc + bias + t Bᵀ (t = x Aᵀ, (BR,) fp32), written in out's dtype (the kernel's single
-    output row): the matmul kernels' epilogue on a one-row tile."""
-    y = _epilogue(acc[None, :], offs_n, mask_n, bias_ptr, t[None, :], b_ptr, R, HAS_BIAS, HAS_LR, BR)
-    tl.store(out_ptr + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+def _gemv1_store(acc, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
+                 HAS_LR: tl.constexpr, BR: tl.constexpr):
+    """y = acc + bias + t Bᵀ for a (TM, BN) tile of rows (t = x Aᵀ, (TM, BR) fp32), rows < M
+    written in out's dtype: the matmul kernels' epilogue. With the low-rank term several tokens
+    come as 16 rows (padding rows past M), so that t Bᵀ runs on tensor cores."""
+    TM: tl.constexpr = acc.shape[0]
+    if TM == 1 or HAS_LR:
+        y = _epilogue(acc, offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        rows = tl.arange(0, TM)[:, None]
+        ymask = (rows < M) & mask_n[None, :]
+        tl.store(out_ptr + rows * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=ymask)
+    else:  # one row at a time: a (TM, BN) store spread the main loop's accumulator rows over
+        # threads, and the W2 GEMV at M = 4 took 34 instead of 16 µs (H200, run 8)
+        for m in tl.static_range(TM):
+            if m < M:
+                row = tl.sum(tl.where(tl.arange(0, TM)[:, None] == m, acc, 0.0), axis=0)
+                y = _epilogue(row[None, :], offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS, False, BR)
+                tl.store(out_ptr + m * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
 
 
 @triton.jit
-def _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R,
-                        HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr):
-    """Add this program's partial sums into ws (and its part of t = x Aᵀ into its column block's
-    BR floats of tws) and count it in lock[column block]; the last program of the column block
-    writes y from the totals and leaves ws, tws and lock at zero."""
+def _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R,
+                        HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr,
+                        TM: tl.constexpr):
+    """Add this program's partial sums (BM, BN) into ws (and its part of t = x Aᵀ, (TM, BR), into
+    its column block's BM·BR floats of tws) and count it in lock[column block]; the last program
+    of the column block reads the totals as a (TM, BN) tile, writes y and leaves ws, tws and lock
+    at zero."""
     pid_n = tl.program_id(0)
-    tl.atomic_add(ws_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
-    r = tl.arange(0, BR)
+    rows = tl.arange(0, BM)[:, None]
+    tl.atomic_add(ws_ptr + rows * N + offs_n[None, :], acc, mask=(rows < M) & mask_n[None, :], sem="relaxed")
+    trows = tl.arange(0, TM)[:, None]
+    toff = (pid_n * BM + trows) * BR + tl.arange(0, BR)[None, :]
     if HAS_LR:
-        tl.atomic_add(tws_ptr + pid_n * BR + r, t, sem="relaxed")
+        tl.atomic_add(tws_ptr + toff, t, mask=trows < BM, sem="relaxed")
     tl.debug_barrier()  # every thread's partial sums are issued before the count goes up
     arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
     if arrived == tl.num_programs(1) - 1:
         # read the totals where the atomics left them (L2), then zero them for the next call
-        total = tl.atomic_add(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n, sem="relaxed")
-        tl.store(ws_ptr + offs_n, tl.zeros(acc.shape, tl.float32), mask=mask_n)
+        off = trows * N + offs_n[None, :]
+        om = (trows < M) & mask_n[None, :]
+        zeros = tl.zeros((TM, acc.shape[1]), tl.float32)
+        total = tl.where(om, tl.atomic_add(ws_ptr + off, zeros, mask=om, sem="relaxed"), 0.0)
+        tl.store(ws_ptr + off, zeros, mask=om)
         if HAS_LR:
-            t = tl.atomic_add(tws_ptr + pid_n * BR + r, tl.zeros((BR,), tl.float32), sem="relaxed")
-            tl.store(tws_ptr + pid_n * BR + r, tl.zeros((BR,), tl.float32))
-        _gemv1_store_row(total, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+            tm = trows < BM
+            t = tl.where(tm, tl.atomic_add(tws_ptr + toff, tl.zeros(t.shape, tl.float32), mask=tm, sem="relaxed"), 0.0)
+            tl.store(tws_ptr + toff, tl.zeros(t.shape, tl.float32), mask=tm)
+        _gemv1_store(total, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(lock_ptr + pid_n, 0)
 
 
@@ -626,33 +566,37 @@ def _sum_max(s1, m1, s2, m2):
 
 
 @triton.jit
-def _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
-                   GROUP: tl.constexpr, GPS: tl.constexpr, HAS_CS: tl.constexpr, PAIRS: tl.constexpr):
-    """Phase 1 of gemv1_kernel: x / cs of groups [g0, g0 + GPS) into the scratch, group-major:
-    group g's place is the 3·GROUP + 4 fp32 at g·(3·GROUP + 4) (one GROUP-long run per code
-    slice, then Σx and, with PAIRS, |max|; 16-byte aligned for the readers' vector loads)."""
+def _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, k_end, G, m, W0: tl.constexpr, W1: tl.constexpr,
+                   W2: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BM: tl.constexpr, HAS_CS: tl.constexpr,
+                   PAIRS: tl.constexpr):
+    """Phase 1 of gemv1_kernel for row m of x (``x_ptr`` at that row; ``k_end``: K, or 0 for a
+    padding row m >= M, whose x reads as zeros): x / cs of groups [g0, g0 + GPS) into the scratch,
+    group-major: group g's place is the (3·GROUP + 4)·BM fp32 at g·(3·GROUP + 4)·BM (one GROUP·BM
+    run per code slice, then Σx of the BM rows and, with PAIRS, their |max|; 16-byte aligned for
+    the readers' vector loads). BM > 1 needs PAIRS."""
+    tl.static_assert(BM == 1 or PAIRS, "several rows need the pairs path")
     GS: tl.constexpr = 3 * GROUP + 4
     gs = g0 + tl.arange(0, GPS)
     pos = tl.arange(0, GROUP)[None, :]
     kk = gs[:, None] * GROUP + pos
     km = kk < K
     gm = gs < G
-    xv = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    xv = tl.load(x_ptr + kk, mask=kk < k_end, other=0.0).to(tl.float32)
     if HAS_CS:
         xv = tl.fdiv(xv, tl.load(cs_ptr + kk, mask=km, other=1.0))
-    base = gs * GS
+    base = gs * (GS * BM)
     if PAIRS:  # one cross-thread reduction for both: each costs shared memory and barriers
         xsum, amax = tl.reduce((xv, tl.abs(xv)), 1, _sum_max)
-        tl.store(xs_ptr + base + 3 * GROUP, xsum, mask=gm)  # group sums, for the zero points
+        tl.store(xs_ptr + base + 3 * GROUP * BM + m, xsum, mask=gm)  # group sums, for the zero points
         amax = tl.where(amax > 0, amax, 1.0)
-        tl.store(xs_ptr + base + 3 * GROUP + 1, amax, mask=gm)
+        tl.store(xs_ptr + base + 3 * GROUP * BM + BM + m, amax, mask=gm)
         xn = xv / amax[:, None]
-        xh_ptr = xs_ptr.to(tl.pointer_type(tl.float16)) + 2 * base[:, None]  # slice s at 2s·GROUP halves
-        _store_pairs(xh_ptr, xn, pos, km, W0, GROUP)
+        xh_ptr = xs_ptr.to(tl.pointer_type(tl.float16)) + 2 * base[:, None]  # slice s at 2s·GROUP·BM halves
+        _store_pairs(xh_ptr, xn, pos, km, m, W0, GROUP, BM)
         if W1 > 0:
-            _store_pairs(xh_ptr + 2 * GROUP, xn, pos, km, W1, GROUP)
+            _store_pairs(xh_ptr + 2 * GROUP * BM, xn, pos, km, m, W1, GROUP, BM)
         if W2 > 0:
-            _store_pairs(xh_ptr + 4 * GROUP, xn, pos, km, W2, GROUP)
+            _store_pairs(xh_ptr + 4 * GROUP * BM, xn, pos, km, m, W2, GROUP, BM)
     else:
         tl.store(xs_ptr + base + 3 * GROUP, tl.sum(xv, axis=1), mask=gm)
         xp_ptr = xs_ptr + base[:, None] + pos
@@ -664,20 +608,20 @@ def _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0: tl.constexpr, W1: tl.con
 
 
 @triton.jit
-def _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
-                 OFF1: tl.constexpr, OFF2: tl.constexpr, MID: tl.constexpr, GROUP: tl.constexpr,
+def _gemv1_group(xs_ptr, w0, w1, w2, g, m, magic, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
+                 OFF1: tl.constexpr, OFF2: tl.constexpr, MID: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                  PAIRS: tl.constexpr, ASM: tl.constexpr):
-    """(Σ_k (x_k / cs_k)·c_k, Σ_k x_k / cs_k) over group g, (BN,) and scalar, in fp32."""
-    xg_ptr = xs_ptr + g * (3 * GROUP + 4)
-    xsum = tl.load(xg_ptr + 3 * GROUP)
+    """(Σ_k (x_k / cs_k)·c_k, Σ_k x_k / cs_k) for row m over group g, (BN,) and scalar, in fp32."""
+    xg_ptr = xs_ptr + g * ((3 * GROUP + 4) * BM)
+    xsum = tl.load(xg_ptr + 3 * GROUP * BM + m)
     if PAIRS:  # centred codes of x / |max|: scale back and add the centre
-        xw_ptr = xg_ptr.to(tl.pointer_type(tl.int32))
-        d = _gemv1_pairs(xw_ptr, w0, W0, GROUP, ASM)
+        xw_ptr = xg_ptr.to(tl.pointer_type(tl.int32)) + m
+        d = _gemv1_pairs(xw_ptr, w0, W0, GROUP, BM, ASM)
         if W1 > 0:
-            d += _gemv1_pairs(xw_ptr + GROUP, w1, W1, GROUP, ASM) * (1 << OFF1)
+            d += _gemv1_pairs(xw_ptr + GROUP * BM, w1, W1, GROUP, BM, ASM) * (1 << OFF1)
         if W2 > 0:
-            d += _gemv1_pairs(xw_ptr + 2 * GROUP, w2, W2, GROUP, ASM) * (1 << OFF2)
-        d = d * tl.load(xg_ptr + 3 * GROUP + 1) + MID * xsum
+            d += _gemv1_pairs(xw_ptr + 2 * GROUP * BM, w2, W2, GROUP, BM, ASM) * (1 << OFF2)
+        d = d * tl.load(xg_ptr + 3 * GROUP * BM + BM + m) + MID * xsum
     else:
         d = _gemv1_slice(xg_ptr, w0, magic, W0, GROUP)
         if W1 > 0:
@@ -700,29 +644,34 @@ def _gemv1_program(xs_ptr, xs_per_block, N, G, BN: tl.constexpr, GPS: tl.constex
 
 @triton.jit
 def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, xs_ptr, bias_ptr, a_ptr, b_ptr, tws_ptr,
-                 N, K, G, row1, row2, R, magic, xs_per_block,
+                 M, N, K, G, row1, row2, R, magic, xs_per_block,
                  W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
                  MID: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                 HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 HAS_LR: tl.constexpr, STAGES: tl.constexpr, PAIRS: tl.constexpr, ASM: tl.constexpr):
-    """y (1, N) = (x / cs) Ŵᵀ + epilogue for one token, in one launch. Grid (N / BN, G / GPS).
+                 BM: tl.constexpr, HAS_CS: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_K: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, STAGES: tl.constexpr, PAIRS: tl.constexpr,
+                 ASM: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """y (M, N) = (x / cs) Ŵᵀ + epilogue for M <= BM tokens (BM = 1, 2 or 4), in one launch. Grid
+    (N / BN, G / GPS): every program reads its words once, whatever M.
 
     1. Each program writes its GPS groups of x / cs, one value per thread, to the scratch ``xs``
        (group-major, ``_gemv1_scratch``), in its column block's own copy (``xs_per_block`` fp32
        apart; 0: one copy, which programs of the same K range write with the same values). Fp32
        path: x' = (x / cs)·2^-pos per channel. PAIRS: fp16 pairs matched to the word's two fp16
-       halves (``_store_pairs``). Every thread then
+       halves (``_store_pairs``), the BM rows side by side. Every thread then
        reads them with 16-byte loads instead of dividing again: x work per thread is per input
        channel, and each channel meets only BN/threads columns.
-    2. Words of one group are reduced over their rows, then scaled once (S) and given Z·Σx.
-    3. With several K splits each program adds its partial sums into the fp32 workspace ``ws`` (N,)
-       and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving ws at 0),
-       applies the bias and low-rank epilogue, writes y and resets the lock: split-K with no
-       second kernel, and ws/lock are zero again for the next call.
+    2. Words of one group are reduced over their rows, then scaled once (S) and given Z·Σx, for
+       each row of x in turn (unpacking again per row: sharing the unpacked pairs between rows
+       measured the same on the H200, run 8).
+    3. With several K splits each program adds its partial sums into the fp32 workspace ``ws``
+       (BM·N) and counts itself in ``lock[n]``; the last to arrive reads the total back (leaving
+       ws at 0), applies the bias and low-rank epilogue, writes y and resets the lock: split-K
+       with no second kernel, and ws/lock are zero again for the next call.
     Low-rank term (HAS_LR): each program also computes x Aᵀ over its own input channels; the
-    parts meet in ``tws`` (BR fp32 per column block, zeroed like ws) and the last program adds
+    parts meet in ``tws`` (BM·BR fp32 per column block, zeroed like ws) and the last program adds
     t Bᵀ, so the rank-r term costs no launch of its own."""
     offs_n, mask_n, g0, g_end, xs_ptr = _gemv1_program(xs_ptr, xs_per_block, N, G, BN, GPS)
+    rows = tl.arange(0, BM)[:, None]
     # PREFETCH: each group's words are loaded one step ahead, the first before phase 1 (whose x
     # loads and reductions then overlap them). Timed on the H100 (scripts/gemv1_anatomy.py): it
     # helps the pairs path, whose arithmetic is short, and slows the fp32 path, so only there;
@@ -732,12 +681,24 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
     if PREFETCH:
         w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g0, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                        EVEN_N)
-    _gemv1_scratch(x_ptr, cs_ptr, xs_ptr, g0, K, G, W0, W1, W2, GROUP, GPS, HAS_CS, PAIRS)
-    t = tl.zeros((BR,), tl.float32)
+    for m in tl.static_range(BM):
+        k_end = K * (m < M)  # a padding row reads nothing
+        _gemv1_scratch(x_ptr + m * K, cs_ptr, xs_ptr, g0, K, k_end, G, m, W0, W1, W2, GROUP, GPS, BM, HAS_CS, PAIRS)
+    # x Aᵀ over this program's channels: one token on CUDA cores; several as a 16-row tensor-core
+    # product, and the tail then applies t Bᵀ to a 16-row tile on tensor cores too (per row on CUDA
+    # cores, the low-rank term cost ~1.5 µs per row, H200 run 8). Without it the tail keeps BM rows
+    # (16-row tiles there doubled the registers of the whole kernel).
+    TM: tl.constexpr = 16 if BM > 1 and HAS_LR else BM
+    t = tl.zeros((TM, BR), tl.float32)
     if HAS_LR:
-        t = _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP, GPS, BR)
+        if BM == 1:
+            t = _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP, GPS, BR)[None, :]
+        else:
+            offs_m = tl.arange(0, TM)
+            t = _lowrank_t(x_ptr, a_ptr, offs_m, offs_m < M, g0 * GROUP, tl.minimum(g_end * GROUP, K), K, R, TM, BR,
+                           DOT_DTYPE)
     tl.debug_barrier()  # the scratch is written before any thread of this program reads it
-    acc = tl.zeros((BN,), tl.float32)
+    acc = tl.zeros((BM, BN), tl.float32)
     # STAGES > 1: Triton software-pipelines the loop, copying the next groups' words into shared
     # memory (cp.async) while this group is computed; without it every program loads, then
     # computes, and the SMs wait on memory and then on arithmetic instead of both at once.
@@ -748,12 +709,13 @@ def gemv1_kernel(x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, lock_ptr, 
         else:
             w0, w1, w2, s, z = _gemv1_load(w_ptr, s_ptr, z_ptr, g, offs_n, mask_n, N, row1, row2, W0, W1, W2, GROUP,
                                            EVEN_N)
-        d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, PAIRS, ASM)
-        acc += s * d + z * xsum
+        for m in tl.static_range(BM):
+            d, xsum = _gemv1_group(xs_ptr, w0, w1, w2, g, m, magic, W0, W1, W2, OFF1, OFF2, MID, GROUP, BM, PAIRS, ASM)
+            acc = tl.where(rows == m, acc + (s * d + z * xsum)[None, :], acc)
         if PREFETCH:
             w0, w1, w2, s, z = n0, n1, n2, ns, nz
-    if SPLIT_K:
-        _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS,
-                            HAS_LR, BR)
+    if SPLIT_K or TM != BM:  # the tail reads the sums back as a TM-row tile
+        _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R,
+                            HAS_BIAS, HAS_LR, BR, BM, TM)
     else:
-        _gemv1_store_row(acc, t, out_ptr, offs_n, mask_n, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        _gemv1_store(acc, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
