@@ -162,7 +162,8 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
             mine = triton_backend.path_for(M, N, K)
-            other = {"gemv": "dot", "dot": "dequant", "dequant": "dot"}[mine]
+            other = {"gemv": "dot", "dot": "gemv" if M <= triton_backend.GEMV_MAX_M else "dequant",
+                     "dequant": "dot"}[mine]
             if other == "dot" and M > 256:
                 other = None
         if other:
