@@ -93,6 +93,20 @@ def test_online_quantize_kernel_equals_the_reference_quantizer(bits, group):
     assert int(diff.max()) <= (1 if CUDA else 0) and float((diff > 0).float().mean()) <= 1e-4
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_online_quantize_tiles_with_row_and_group_tails_equal_the_reference(bits):
+    # 24 rows and 3 groups: tiles of 16 rows and 2 groups leave half-empty programs, and bits with
+    # several slices (3, 5, 6, 7) pack fields of different widths from the same chunks
+    w = rand(24, 96)
+    cs = col_scale(96)
+    ref = reference.quantize_pack(w, cs, bits, 32)
+    for tile in ((8, 1, 1), (16, 2, 4), (32, 4, 2)):
+        got = triton_backend.quantize_pack(w, cs, bits, 32, tile=tile)
+        assert torch.equal(got.scale, ref.scale) and torch.equal(got.zero, ref.zero), tile
+        diff = (got.codes().int() - ref.codes().int()).abs()
+        assert int(diff.max()) <= (1 if CUDA else 0) and float((diff > 0).float().mean()) <= 1e-3, tile
+
+
 @pytest.mark.parametrize("opts", [dict(symmetric=True), dict(nu=0.9), dict(scale_dtype=torch.bfloat16),
                                   dict(scale_dtype=torch.float32)])
 def test_online_quantize_kernel_options_match_the_reference(opts):

@@ -44,6 +44,9 @@ DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
 LOWRANK_FOLD_MAX_NK = 12 << 20
+# Rows, groups and warps of an online-quantize program; the smallest won on every Gemma-2B layer (H200, run 9:
+# gate/up W4 32.5 µs against 32.9 at (64, 1, 2) and 33.7 at (128, 1, 4); scripts/quantize_ab.py)
+QUANTIZE_TILE = (32, 1, 1)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
 _GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers)
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
@@ -397,8 +400,10 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     return out.reshape(*lead, N)
 
 
-def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16) -> PlanarPackedWeight:
-    """TTQ's online step, one Triton pass: Q[w * col_scale] straight into the planar layout."""
+def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
+                  tile: tuple[int, int, int] | None = None) -> PlanarPackedWeight:
+    """TTQ's online step, one Triton pass: Q[w * col_scale] straight into the planar layout.
+    ``tile`` = (rows, groups, warps) of a program overrides QUANTIZE_TILE (sweeps)."""
     tk = _tk()
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D, got shape {tuple(w.shape)}")
@@ -412,7 +417,7 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
     scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
     zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
     sl = _slices(bits, K)
-    br, gt = (16, max(1, 256 // group)) if w.device.type == "cuda" else (8, 1)
+    br, gt, warps = tile or (QUANTIZE_TILE if w.device.type == "cuda" else (8, 1, 1))
     gt = min(gt, _next_pow2(G))
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
     tk.quantize_kernel[(math.ceil(N / br), math.ceil(G / gt))](
@@ -420,5 +425,5 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
         (1 + nu) / 2, (1 - nu) / 2,
         BITS=bits, W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=group, GT=gt,
         BR=br, HAS_CS=cs is not None, SYMMETRIC=symmetric, HAS_NU=nu != 1.0, PARAM_DTYPE=_tl_dtype(scale_dtype),
-        PARAM_MIN=_PARAM_MIN[scale_dtype], num_warps=4)
+        PARAM_MIN=_PARAM_MIN[scale_dtype], num_warps=warps)
     return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, (N, K))
