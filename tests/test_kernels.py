@@ -309,6 +309,36 @@ def test_dequantize_kernel_gives_the_effective_weight():
     assert rel_err(w_lr, ref + b.double() @ a.double()) < (1e-3 if CUDA else 1e-6)  # tf32 tensor cores on GPU
 
 
+def test_a_tile_that_does_not_fit_falls_back_to_the_next_and_is_remembered(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    N, K, M = 64, 256, 16
+    packed = triton_backend.quantize_pack(rand(N, K), None, 4, 64)
+    x = rand(M, K).to(XDTYPE)
+    cands = triton_backend.tile_candidates("dot", M, N, K, 4, 64, triton_backend._num_sms(x.device))
+    assert len(cands) > 1
+    real, tried = triton_backend._launch, []
+
+    def launch(cfg, **kw):  # the heuristic's tile "needs" more shared memory than the GPU has
+        tried.append(cfg)
+        if cfg == cands[0]:
+            raise OutOfResources(300000, 232448, "shared memory")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(triton_backend, "_launch", launch)
+    monkeypatch.setattr(triton_backend, "_TUNED", {})
+    y = triton_backend.quant_matmul(x, packed, path="dot")
+    assert tried == [cands[0], cands[1]]
+    assert rel_err(y, reference.quant_matmul(x.double(), packed)) < 2e-2
+    triton_backend.quant_matmul(x, packed, path="dot")
+    assert tried[2:] == [cands[1]]  # remembered: the failing tile is not tried again
+    monkeypatch.setattr(triton_backend, "_launch", lambda cfg, **kw: (_ for _ in ()).throw(
+        OutOfResources(300000, 232448, "shared memory")))
+    monkeypatch.setattr(triton_backend, "_TUNED", {})
+    with pytest.raises(RuntimeError, match="no tile of the dot kernel fits"):
+        triton_backend.quant_matmul(x, packed, path="dot")
+
+
 def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048) == "gemv"
     assert triton_backend.path_for(2, 256, 256) == "gemv" and triton_backend.path_for(3, 2048, 1024) == "dot"
@@ -316,6 +346,14 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"
+    # the GEMM's reach depends on the width (H200 run 9 crossover): W2 to 16 tokens, W4 to 48,
+    # and never at widths of several slices (3 bits: 3-5x slower than dequantize + cuBLAS)
+    assert triton_backend.path_for(16, 16384, 2048, 2) == "dot"
+    assert triton_backend.path_for(24, 16384, 2048, 2) == "dequant"
+    assert triton_backend.path_for(48, 16384, 2048, 4) == "dot"
+    assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"
+    assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
+    assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"
     with pytest.raises(ValueError, match="at most"):
         triton_backend.quant_matmul(rand(20, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
                                     path="gemv")

@@ -161,7 +161,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                                                                None if lr is None else (lr[0].double(), lr[1].double()))))
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
-            mine = triton_backend.path_for(M, N, K)
+            mine = triton_backend.path_for(M, N, K, 4)
             other = {"gemv": "dot", "dot": "gemv" if M <= triton_backend.GEMV_MAX_M else "dequant",
                      "dequant": "dot"}[mine]
             if other == "dot" and M > 256:
@@ -176,7 +176,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             entry[f"{name} us"] = graph_time_us(fns)
             entry[f"{name} floor_us"] = nb / bw * 1e6
             if name.startswith("W") and name.count(" ") == 1:
-                path = triton_backend.path_for(M, N, K)
+                path = triton_backend.path_for(M, N, K, int(name[1]))
                 key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)

@@ -8,8 +8,11 @@ Rule (by the number of tokens M = x.numel() / K):
   per row: on the H200 (run 8) it beat the tensor-core GEMM at M = 2-4 on the Gemma-2B layers
   (gate/up W4 M = 2: 12.4 vs 23.5 µs, M = 4: 16.9 vs 23.4) and lost at M = 8 (29.0 vs 23.9);
   3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster there;
-* M <= DOT_MAX_M on any layer up to M = 8, and on large layers (N*K >= DOT_MIN_NK): split-K
-  tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M masked);
+* 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, and on large layers
+  (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M
+  masked). Other widths never take it: at 3 bits it was 3-5x slower than dequantize + cuBLAS
+  (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
+  memory;
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
 The GEMM's split-K programs write fp32 partial sums; a second small kernel adds them with the
@@ -38,7 +41,11 @@ PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 4
 GEMV_ROWS_MIN_NK = 4 << 20  # 3-4 tokens take the GEMV from ~4M weights (H200 run 8: below, the GEMM won by ~0.8 µs)
 DOT_ANY_LAYER_MAX_M = 8
-DOT_MAX_M = 64
+# Largest M at which the tensor-core GEMM still beat dequantize + cuBLAS on the large layers (H200,
+# run 9, scripts/path_crossover.py; docs/kernels.md): W2 up to 16 (gate/up M = 24: 44.9 vs 43.1 µs),
+# W4 up to 48 (gate/up M = 48: 38.1 vs 44.8; M = 64: Qwen3-8B q 27.7 vs 22.2). Until run 9 it was
+# 64 for every width.
+DOT_MAX_M = {2: 16, 4: 48}
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
@@ -341,12 +348,13 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
     return tuple(_candidates(bits, group, K, N, M, sms))
 
 
-def path_for(M: int, N: int = 1 << 30, K: int = 1) -> str:
-    """Which kernel runs M tokens of an N x K layer (module docstring; thresholds from the H100
-    runs, and from the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M)."""
+def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4) -> str:
+    """Which kernel runs M tokens of an N x K layer of ``bits``-bit codes (module docstring;
+    thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, and run 9 for
+    the widths and DOT_MAX_M)."""
     if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK)):
         return "gemv"
-    if 0 < M <= DOT_MAX_M and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK):
+    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK):
         return "dot"
     return "dequant"
 
@@ -370,7 +378,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    path = path or path_for(M, N, K)
+    path = path or path_for(M, N, K, packed.bits)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
@@ -396,8 +404,29 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
             cfg = _tune(key, cands, launch)
         else:
             cfg = cands[0]
-    launch(cfg)
+        _launch_first_that_fits(key, (cfg,) + tuple(c for c in cands if c != cfg), launch)
+    else:
+        launch(cfg)
     return out.reshape(*lead, N)
+
+
+def _launch_first_that_fits(key, cands, launch) -> None:
+    """Launch the first tile this GPU can hold; if that is not the first, remember it for ``key``.
+    A tile's shared memory depends on the Triton version's pipelining; one that does not fit
+    fails before it runs, so the next one may be tried (H200, run 9: a 3-bit GEMM tile at
+    M = 48-64 asked 360 KB)."""
+    from triton.runtime.errors import OutOfResources
+
+    for i, cfg in enumerate(cands):
+        try:
+            launch(cfg)
+        except OutOfResources:
+            continue
+        if i:
+            _TUNED[key] = cfg
+        return
+    raise RuntimeError(f"no tile of the {key[-1]} kernel fits in this GPU's shared memory for N={key[1]}, "
+                       f"K={key[2]}, bits={key[3]}, group={key[4]}, M<={key[5]}: tried {list(cands)}")
 
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,

@@ -1,0 +1,66 @@
+"""Where does the tensor-core GEMM stop beating dequantize + cuBLAS? (GPU)
+
+    python scripts/path_crossover.py --out DIR
+
+For the layers that take the split-K tensor-core GEMM (``path="dot"``) at 9-64 tokens, times it
+beside dequantize + cuBLAS (``path="dequant"``) at several M and bit widths, r = 0, after checking
+both against float64; writes ``path_crossover.json`` and prints, per layer and width, the largest
+M at which the GEMM still wins. ``triton_backend.path_for`` takes its thresholds from this.
+Timing as in ``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating past L2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+from pathlib import Path
+
+import torch
+
+from vla_ttq.kernels import reference, triton_backend
+from vla_ttq.kernels.bench import graph_time_us, n_copies, rel_err
+
+LAYERS = {"gemma2b gate/up": (16384, 2048), "gemma2b down": (2048, 16384), "qwen3-4B q": (4096, 2560),
+          "qwen3-8B q": (4096, 4096), "qwen3-14B q": (5120, 5120), "qwen3-32B q": (8192, 5120)}
+MS = (8, 12, 16, 24, 32, 48, 64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    res = dict(device=torch.cuda.get_device_name(), rows=[])
+    for name, (N, K) in LAYERS.items():
+        g = torch.Generator(device="cuda").manual_seed(N + K)
+        w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+        cs = torch.rand(K, device="cuda", generator=g) * 1.5 + 0.5
+        for bits in (2, 3, 4):
+            packed = triton_backend.quantize_pack(w, cs, bits, 64)
+            copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+            wref = reference.effective_weight(packed, cs).double()
+            for M in MS:
+                x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+                ref = x.double() @ wref.t()
+                row = dict(layer=name, N=N, K=K, bits=bits, M=M)
+                for path in ("dot", "dequant"):
+                    try:
+                        row[f"{path}_err"] = rel_err(triton_backend.quant_matmul(x, packed, cs, path=path), ref)
+                        row[f"{path}_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs, path=path)
+                                                           for p in copies])
+                    except Exception as e:  # recorded: a failing path is a finding too
+                        row[f"{path}_error"] = f"{type(e).__name__}: {e}"[:300]
+                        row[f"{path}_us"] = float("inf")
+                        print(name, bits, M, path, row[f"{path}_error"], flush=True)
+                        traceback.print_exc(limit=-4)
+                res["rows"].append(row)
+                print(name, bits, M, f"dot {row['dot_us']:.1f} dequant {row['dequant_us']:.1f}", flush=True)
+            wins = [r["M"] for r in res["rows"] if r["layer"] == name and r["bits"] == bits and r["dot_us"] < r["dequant_us"]]
+            print(name, bits, "GEMM wins up to M =", max(wins) if wins else None, flush=True)
+        (args.out / "path_crossover.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
