@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, n_copies
+from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, rotating_copies
 from vla_ttq.kernels.triton_kernels import (_gemv1_group, _gemv1_load, _gemv1_program, _gemv1_scratch,
                                             _gemv1_split_k_tail)
 
@@ -122,7 +122,7 @@ def main(argv=None):
             w = (torch.randn(N, K, device="cuda") * 0.02).to(torch.bfloat16)
             cs = torch.rand(K, device="cuda") + 0.5
             packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+            copies = rotating_copies(packed, N * K * bits // 8, l2)
             x = torch.randn(1, K, device="cuda").to(torch.bfloat16)
             out = torch.empty(1, N, device="cuda", dtype=torch.bfloat16)
             floor = (packed.data.numel() * 4 + packed.scale.numel() * 4) / bw * 1e6

@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="one small case, correctness only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    from vla_ttq.kernels.bench import graph_time_us, n_copies, rel_err
+    from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
     shapes = {"small": (256, 512)} if args.check else {"gate/up": (16384, 2048), "down": (2048, 16384),
                                                       "q/o": (2048, 2048)}
     ms = (8,) if args.check else (8, 16, 64)
@@ -98,10 +98,10 @@ def main() -> None:
         g = torch.Generator(device="cuda").manual_seed(N * 7 + K)
         w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
         cs = torch.rand(K, device="cuda", generator=g) * 1.5 + 0.5
-        w_copies = [w] + [w.clone() for _ in range(n_copies(2 * N * K, l2) - 1)]
+        w_copies = rotating_copies(w, 2 * N * K, l2)
         for bits in (4, 2):
             packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+            copies = rotating_copies(packed, N * K * bits // 8, l2)
             wref = reference.effective_weight(packed, cs).double()
             for M in ms:
                 x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, n_copies, rel_err
+from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
 
 LAYERS = {"gemma2b gate/up": (16384, 2048), "gemma2b down": (2048, 16384), "qwen3-4B q": (4096, 2560),
           "qwen3-8B q": (4096, 4096), "qwen3-14B q": (5120, 5120), "qwen3-32B q": (8192, 5120)}
@@ -39,7 +39,7 @@ def main() -> None:
         cs = torch.rand(K, device="cuda", generator=g) * 1.5 + 0.5
         for bits in (2, 3, 4):
             packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+            copies = rotating_copies(packed, N * K * bits // 8, l2)
             wref = reference.effective_weight(packed, cs).double()
             for M in MS:
                 x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)

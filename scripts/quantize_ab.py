@@ -150,7 +150,7 @@ def main() -> None:
                                                       "q/o": (2048, 2048), "k/v": (256, 2048)}
     res = dict(variants=[], tiles=[])
     if not args.check:
-        from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, n_copies
+        from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, rotating_copies
         bw = measure_bandwidth()
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         res.update(device=torch.cuda.get_device_name(), bw=bw)
@@ -158,7 +158,7 @@ def main() -> None:
         g = torch.Generator(device=dev).manual_seed(N + K)
         w = (torch.randn(N, K, device=dev, generator=g) * 0.02).to(torch.bfloat16)
         cs = torch.rand(K, device=dev, generator=g) * 1.5 + 0.5
-        copies = [w] if args.check else [w] + [w.clone() for _ in range(n_copies(2 * N * K, l2) - 1)]
+        copies = [w] if args.check else rotating_copies(w, 2 * N * K, l2)
         for bits in (4, 2):
             ref = triton_backend.quantize_pack(w, cs, bits, 64)
             row = dict(layer=name, N=N, K=K, bits=bits)

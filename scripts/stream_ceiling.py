@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vla_ttq.kernels.bench import empty_kernel_us, graph_time_us, measure_bandwidth, n_copies
+from vla_ttq.kernels.bench import empty_kernel_us, graph_time_us, measure_bandwidth, n_copies, rotating_copies
 
 
 @triton.jit
@@ -75,7 +75,7 @@ def main(argv=None):
         wb = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         xb = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         cublas = graph_time_us([lambda w=w: torch.nn.functional.linear(xb, w)
-                                for w in [wb] + [wb.clone() for _ in range(n_copies(N * K * 2, l2) - 1)]],
+                                for w in rotating_copies(wb, N * K * 2, l2)],
                                min_calls=args.calls)
         del wb
         for bits in (4, 2):

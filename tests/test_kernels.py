@@ -332,8 +332,10 @@ def test_a_tile_that_does_not_fit_falls_back_to_the_next_and_is_remembered(monke
     assert rel_err(y, reference.quant_matmul(x.double(), packed)) < 2e-2
     triton_backend.quant_matmul(x, packed, path="dot")
     assert tried[2:] == [cands[1]]  # remembered: the failing tile is not tried again
-    monkeypatch.setattr(triton_backend, "_launch", lambda cfg, **kw: (_ for _ in ()).throw(
-        OutOfResources(300000, 232448, "shared memory")))
+    def never_fits(cfg, **kw):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(triton_backend, "_launch", never_fits)
     monkeypatch.setattr(triton_backend, "_TUNED", {})
     with pytest.raises(RuntimeError, match="no tile of the dot kernel fits"):
         triton_backend.quant_matmul(x, packed, path="dot")
@@ -470,3 +472,13 @@ def test_kernel_benchmark_names_an_unknown_shape_set(capsys):
         bench.main(["--sets", "gemma2b,gemma9b"])
     err = capsys.readouterr().err
     assert "gemma9b" in err and "gemma2b_fused" in err  # names the bad one and lists the known ones
+
+
+def test_benchmark_rotates_enough_copies_to_read_past_l2():
+    from vla_ttq.kernels import bench
+
+    w = torch.arange(6.0)
+    copies = bench.rotating_copies(w, nbytes=1 << 20, l2_bytes=4 << 20)  # 3 x L2 / size = 12 copies
+    assert len(copies) == 12 and copies[0] is w
+    assert all(torch.equal(c, w) and c.data_ptr() != w.data_ptr() for c in copies[1:])
+    assert len(bench.rotating_copies(w, nbytes=1 << 30, l2_bytes=4 << 20)) == 1  # larger than L2: no copies

@@ -110,6 +110,12 @@ def n_copies(weight_bytes: int, l2_bytes: int) -> int:
     return int(min(32, max(1, math.ceil(3 * l2_bytes / max(weight_bytes, 1)))))
 
 
+def rotating_copies(first, nbytes: int, l2_bytes: int) -> list:
+    """``first`` and enough clones of it (``nbytes`` each) that timing calls cycling through them
+    read from memory, not from L2."""
+    return [first] + [first.clone() for _ in range(n_copies(nbytes, l2_bytes) - 1)]
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).norm() / ref.norm())
 
@@ -125,8 +131,8 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
     nbytes = {"bf16": 2 * N * K, "int4": N * K // 2 + 4 * N * G, "W4": N * K // 2 + 4 * N * G + 4 * K,
               "W2": N * K // 4 + 4 * N * G + 4 * K}
     packed = {b: triton_backend.quantize_pack(w, cs, b, group) for b in (4, 2)}
-    w_copies = [w] + [w.clone() for _ in range(n_copies(nbytes["bf16"], l2) - 1)]
-    pk_copies = {b: [packed[b]] + [packed[b].clone() for _ in range(n_copies(nbytes[f"W{b}"], l2) - 1)]
+    w_copies = rotating_copies(w, nbytes["bf16"], l2)
+    pk_copies = {b: rotating_copies(packed[b], nbytes[f"W{b}"], l2)
                  for b in (4, 2)}
     i4 = torch_int4.prepare(reference.quantize_pack(w, None, 4, group))
     i4_copies = [i4] + [torch_int4.Int4PackedWeight(i4.data, i4.scale, i4.zero, 4, group, i4.shape, i4.int4pack.clone(),
@@ -203,7 +209,7 @@ def sweep(N, K, M, bits, group, bw, l2):
     w = (torch.randn(N, K, device=dev) * 0.02).to(torch.bfloat16)
     cs = torch.rand(K, device=dev) + 0.5
     packed = triton_backend.quantize_pack(w, cs, bits, group)
-    copies = [packed] + [packed.clone() for _ in range(n_copies(N * K * bits // 8, l2) - 1)]
+    copies = rotating_copies(packed, N * K * bits // 8, l2)
     x = torch.randn(M, K, device=dev).to(torch.bfloat16)
     out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
     sms = triton_backend._num_sms(torch.device(dev))

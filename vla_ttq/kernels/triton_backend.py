@@ -404,29 +404,36 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
             cfg = _tune(key, cands, launch)
         else:
             cfg = cands[0]
-        _launch_first_that_fits(key, (cfg,) + tuple(c for c in cands if c != cfg), launch)
+        try:
+            launch(cfg)
+        except _out_of_resources():  # the except expression is evaluated only when something was raised
+            _launch_first_that_fits(key, cfg, [c for c in cands if c != cfg], launch)
     else:
         launch(cfg)
     return out.reshape(*lead, N)
 
 
-def _launch_first_that_fits(key, cands, launch) -> None:
-    """Launch the first tile this GPU can hold; if that is not the first, remember it for ``key``.
-    A tile's shared memory depends on the Triton version's pipelining; one that does not fit
-    fails before it runs, so the next one may be tried (H200, run 9: a 3-bit GEMM tile at
-    M = 48-64 asked 360 KB)."""
+@functools.cache
+def _out_of_resources() -> type:
     from triton.runtime.errors import OutOfResources
 
-    for i, cfg in enumerate(cands):
+    return OutOfResources
+
+
+def _launch_first_that_fits(key, failed, cands, launch) -> None:
+    """After tile ``failed`` did not fit in the GPU's shared memory, launch the first of ``cands``
+    that does and remember it for ``key``. A tile's shared memory depends on the Triton version's
+    pipelining; one that does not fit fails before it runs, so the next one may be tried (H200,
+    run 9: a 3-bit GEMM tile at M = 48-64 asked 360 KB)."""
+    for cfg in cands:
         try:
             launch(cfg)
-        except OutOfResources:
+        except _out_of_resources():
             continue
-        if i:
-            _TUNED[key] = cfg
+        _TUNED[key] = cfg
         return
     raise RuntimeError(f"no tile of the {key[-1]} kernel fits in this GPU's shared memory for N={key[1]}, "
-                       f"K={key[2]}, bits={key[3]}, group={key[4]}, M<={key[5]}: tried {list(cands)}")
+                       f"K={key[2]}, bits={key[3]}, group={key[4]}, M<={key[5]}: tried {[failed] + list(cands)}")
 
 
 def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
