@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lerobot", choices=("auto", "on", "off"), default="auto",
                     help="time lerobot's PI05Pytorch too (auto: when importable, on CUDA, full preset)")
     ap.add_argument("--profile", action="store_true",
-                    help="profile one eager fast call of each fp mode (kernel count, top kernels; CUDA only)")
+                    help="profile one eager fast call of each mode (kernel count, top kernels; CUDA only)")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--stem", default=None, help="file name stem of the JSON/markdown (default: preset_gpu_date)")
     return ap.parse_args(argv)

@@ -41,7 +41,7 @@ class BenchSettings:
     awq_reservoir: int = 256
     seed: int = 0
     fuse: bool = True
-    profile: bool = False  # profile one eager fast call of the fp modes at the first batch size
+    profile: bool = False  # profile one eager fast call of each mode at the first batch size
     extra: dict = field(default_factory=dict)
 
     def model_config(self) -> Pi05Config:
@@ -178,6 +178,7 @@ class Runner:
         out["graph"] = bool(sampler is not None and sampler.graph is not None)
         if sampler is not None and sampler.graph is not None and mode.method == "fp":
             out.update(self.phases(sampler))
+        if sampler is not None and sampler.graph is not None:
             if s.profile and batch == s.batch_sizes[0]:
                 from .profile import profile_call
                 try:
