@@ -118,6 +118,96 @@ def test_online_quantize_kernel_options_match_the_reference(opts):
     assert int((got.codes().int() - ref.codes().int()).abs().max()) <= (1 if CUDA else 0)
 
 
+def assert_same_quantization(got, ref, frac=1e-3):
+    """Codes, S and Z of two packings of one weight whose inputs differ in the last bits (sums of
+    B A or of the statistics taken in another order): codes off by at most one step, rarely; S and
+    Z equal but for the rare group whose range moved across a rounding boundary of their dtype."""
+    diff = (got.codes().int() - ref.codes().int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= frac
+    for a, b in ((got.scale, ref.scale), (got.zero, ref.zero)):
+        assert float((a != b).float().mean()) <= frac
+        assert torch.allclose(a.float(), b.float(), rtol=2**-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("rank", [4, 16, 20])
+def test_online_quantize_kernel_subtracts_the_low_rank_part_like_the_reference(bits, rank):
+    # TTQ r > 0 quantizes W - B A: the kernel computes B A on tensor cores (one group a program)
+    # instead of reading a float32 residual that torch wrote first
+    w = rand(40, 256).to(XDTYPE)
+    cs = col_scale(256)
+    lowrank = (rand(40, rank, scale=0.5).to(XDTYPE), rand(rank, 256, scale=0.5).to(XDTYPE))
+    ref = reference.quantize_pack(w, cs, bits, 64, lowrank=lowrank)
+    got = triton_backend.quantize_pack(w, cs, bits, 64, lowrank=lowrank)
+    assert_same_quantization(got, ref)
+    no_lr = reference.quantize_pack(w, cs, bits, 64)
+    assert float((no_lr.codes() != got.codes()).float().mean()) > 0.05  # B A really was subtracted
+
+
+@pytest.mark.parametrize("bits,rank", [(2, 0), (3, 16), (4, 0), (4, 8), (8, 16)])
+def test_dense_online_step_is_the_dequantized_packed_one(bits, rank):
+    # qdq_weight = what quantize_pack then dequantizing gives (Ŵ / cs + B A), in one pass
+    w = rand(48, 256).to(XDTYPE)
+    cs = col_scale(256)
+    lowrank = None if rank == 0 else (rand(48, rank, scale=0.3).to(XDTYPE), rand(rank, 256, scale=0.3).to(XDTYPE))
+    packed = triton_backend.quantize_pack(w, cs, bits, 64, lowrank=lowrank)
+    want = packed.dequantize().double() / cs.double()
+    if lowrank is not None:
+        want = want + lowrank[0].double() @ lowrank[1].double()
+    for dtype in (torch.float32, XDTYPE):
+        dense = triton_backend.qdq_weight(w, cs, bits, 64, lowrank=lowrank, dtype=dtype)
+        assert dense.dtype == dtype and dense.shape == (48, 256)
+        # fp32: the division by cs is approximate (2 ulp); bf16: one rounding of the result
+        assert rel_err(dense, want) < (1e-6 if dtype == torch.float32 else 4e-3)
+
+
+@pytest.mark.parametrize("p", [2.0, math.inf, 3.0, 1.0])
+@pytest.mark.parametrize("held", [True, False])
+def test_column_scale_kernel_matches_the_reference_definition(monkeypatch, p, held):
+    # s = D^½ from the activation: one launch instead of ~15 torch ops; sums in another order. The
+    # last program holds every statistic in registers, or (wide layers) sweeps them in chunks
+    if not held:
+        monkeypatch.setattr(triton_backend, "SCALE_HELD_MAX_K", 64)
+        monkeypatch.setattr(triton_backend, "SCALE_SWEEP_K", 128)
+    for M, lam, alpha in ((1, 0.4, 0.5), (300, 0.0, 1.0), (77, 1.0, 0.5), (300, 0.4, 0.5)):
+        x = (rand(M, 320) * (torch.rand(320, generator=gen()) * 3).to(DEV)).to(XDTYPE)
+        x[:, 5] = 0.0  # a dead channel: the relative floor
+        want = reference.column_scale(x, p, lam, alpha)
+        got = triton_backend.column_scale(x, p, lam, alpha)
+        assert got.dtype == torch.float32 and got.shape == (320,)
+        # p = 2, inf: fp32 sums of x² in another order; other p: exp2/log2 approximations on the GPU
+        tol = 1e-6 if p in (2.0, math.inf) else (1e-5 if CUDA else 1e-6)
+        assert float(((got - want).abs() / want).max()) < tol, (M, lam, alpha)
+
+
+def test_column_scale_kernel_and_low_rank_pack_reject_bad_input():
+    with pytest.raises(ValueError, match="empty activation"):
+        triton_backend.column_scale(rand(0, 64))
+    with pytest.raises(ValueError, match="p must be > 0"):
+        triton_backend.column_scale(rand(4, 64), p=0.0)
+    with pytest.raises(ValueError, match=r"do not fit a 32x128 weight"):
+        triton_backend.quantize_pack(rand(32, 128), None, 4, 64, lowrank=(rand(32, 4), rand(4, 64)))
+
+
+@pytest.mark.parametrize("M,rank", [(1, 0), (1, 16), (200, 0), (200, 16)])
+def test_online_matmul_quantizes_for_this_call_on_the_right_path(monkeypatch, M, rank):
+    # TTQ's per-call step: where quant_matmul would dequantize for cuBLAS (large M) the quantize
+    # pass writes the dense weight itself, B A folded in; small M packs and runs the low-bit kernels
+    N, K = 64, 256
+    w = rand(N, K).to(XDTYPE)
+    x, cs, bias = rand(M, K).to(XDTYPE), col_scale(K), rand(N)
+    lowrank = None if rank == 0 else (rand(N, rank, scale=0.3).to(XDTYPE), rand(rank, K, scale=0.3).to(XDTYPE))
+    packed_calls = []
+    real_pack = triton_backend.quantize_pack
+    monkeypatch.setattr(triton_backend, "quantize_pack", lambda *a, **k: packed_calls.append(1) or real_pack(*a, **k))
+    y = triton_backend.online_matmul(x, w, cs, lowrank, bias, 4, 64)
+    assert (len(packed_calls) == 1) == (triton_backend.path_for(M, N, K, 4) != "dequant")
+    assert len(packed_calls) == (1 if M == 1 else 0)
+    want = ref_matmul(x, reference.quantize_pack(w, cs, 4, 64, lowrank=lowrank), cs, lowrank, bias)
+    tol = PAIRS_TOL if M == 1 else (2e-2 if CUDA else 1e-5)  # M = 1: the GEMV's fp16x2 pairs
+    assert y.shape == (M, N) and rel_err(y, want) < tol
+
+
 # M = 1 and 3: one-launch GEMV (the default); 3: tensor-core GEMM (forced); 20:
 # tensor-core GEMM (forced: this layer is small) and the default dequantize + dense matmul; 300:
 # dequantize + dense matmul.

@@ -7,7 +7,21 @@ import torch.nn.functional as F
 
 from ..quant.groupwise import quantize_groupwise
 from ..quant.packing import PackedWeight
-from ..quant.scaling import scale_columns
+from ..quant.scaling import channel_stat, scale_columns
+from ..quant.scaling import column_scale as _column_scale
+
+
+def residual(w: torch.Tensor, lowrank: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """W - B A (float32), or W itself without a low-rank part.
+
+    One full-size temporary: B A, negated and W added in place. -(BA) + W is exactly W - BA in
+    IEEE arithmetic, and add_ reads W (bf16 or fp32) converted to float32 on the fly, so the result
+    is bit-identical to w.float() - BA without W's float32 copy."""
+    if lowrank is None:
+        return w
+    b, a = lowrank
+    ba = b.float().to(w.device) @ a.float().to(w.device)
+    return ba.neg_().add_(w)
 
 
 def quantize_pack(
@@ -18,10 +32,18 @@ def quantize_pack(
     symmetric: bool = False,
     nu: float = 1.0,
     scale_dtype: torch.dtype = torch.float16,
+    lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PackedWeight:
-    """Pack ``Q[w * col_scale]`` (the online TTQ step, or the offline one of RTN/AWQ)."""
+    """Pack ``Q[(w - B A) * col_scale]`` (the online TTQ step, or the offline one of RTN/AWQ;
+    ``lowrank`` = (B, A) or None)."""
+    w = residual(w, lowrank)
     wf = w.float() if col_scale is None else scale_columns(w, col_scale)
     return PackedWeight.from_quantized(quantize_groupwise(wf, bits, group, symmetric, nu, check=False, param_dtype=scale_dtype), scale_dtype)
+
+
+def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float = 0.5) -> torch.Tensor:
+    """s = D^½ of activation x (``vla_ttq.quant.scaling``), the definition the kernels fuse."""
+    return _column_scale(channel_stat(x, p), lam, alpha)
 
 
 def effective_weight(packed: PackedWeight, col_scale: torch.Tensor | None) -> torch.Tensor:

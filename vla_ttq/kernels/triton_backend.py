@@ -15,7 +15,10 @@ Rule (by the number of tokens M = x.numel() / K):
   memory;
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
   is compute bound (pi0.5's ~800-token prefix).
-The GEMM's split-K programs write fp32 partial sums; a second small kernel adds them with the
+TTQ's per-call step (``online_matmul``) quantizes W for one call: where the rule above says
+dequantize, the quantize kernel writes the dequantized weight itself (B A folded back in) for one
+cuBLAS call; elsewhere it packs and the kernels above run. ``column_scale`` computes s = D^½ in one
+launch. The GEMM's split-K programs write fp32 partial sums; a second small kernel adds them with the
 bias and the low-rank term. The low-rank term's t = x Aᵀ is computed inside the matmul kernels
 (each K split its part), not by a matmul launched before them: that launch and a cast cost ~8 µs,
 more than the whole M = 1 GEMV. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
@@ -54,8 +57,12 @@ LOWRANK_FOLD_MAX_NK = 12 << 20
 # Rows, groups and warps of an online-quantize program; the smallest won on every Gemma-2B layer (H200, run 9:
 # gate/up W4 32.5 µs against 32.9 at (64, 1, 2) and 33.7 at (128, 1, 4); scripts/quantize_ab.py)
 QUANTIZE_TILE = (32, 1, 1)
+# The same for the dense online step (qdq_weight), which writes 2 bytes a weight besides: (64, 1, 2) won or tied
+# on every layer measured, r = 0 and 16 (H200, session 10: gate/up r0 62.6 us against 65.2 at (32, 1, 1), r16 78.8
+# against 92.9; scripts/qdq_tiles.py)
+QDQ_TILE = (64, 1, 2)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
-_GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers)
+_GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers, _counter)
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
               torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
@@ -436,10 +443,9 @@ def _launch_first_that_fits(key, failed, cands, launch) -> None:
                        f"K={key[2]}, bits={key[3]}, group={key[4]}, M<={key[5]}: tried {[failed] + list(cands)}")
 
 
-def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
-                  tile: tuple[int, int, int] | None = None) -> PlanarPackedWeight:
-    """TTQ's online step, one Triton pass: Q[w * col_scale] straight into the planar layout.
-    ``tile`` = (rows, groups, warps) of a program overrides QUANTIZE_TILE (sweeps)."""
+def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dense_dtype=None):
+    """quantize_kernel over W (N, K): into the planar layout, or (``dense_dtype``) dequantized into
+    a dense (K, N) tensor. Returns (out, S, Z) (S, Z: None when dense)."""
     tk = _tk()
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D, got shape {tuple(w.shape)}")
@@ -449,17 +455,118 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
         raise ValueError(f"expansion factor nu must be > 0, got {nu}")
     w = w.contiguous()
     G = K // group
-    data = torch.empty((K * bits // 32, N), device=w.device, dtype=torch.int32)  # transposed: see layout.py
-    scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
-    zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
     sl = _slices(bits, K)
-    br, gt, warps = tile or (QUANTIZE_TILE if w.device.type == "cuda" else (8, 1, 1))
+    br, gt, warps = tile or ((QUANTIZE_TILE if dense_dtype is None else QDQ_TILE) if w.device.type == "cuda"
+                             else (8, 1, 1))
     gt = min(gt, _next_pow2(G))
+    lr_b, lr_a = _lowrank_args(lowrank)
+    if lr_b is not None:
+        if lr_b.shape != (N, lr_a.shape[0]) or lr_a.shape[1] != K:
+            raise ValueError(f"low-rank factors B {tuple(lr_b.shape)} and A {tuple(lr_a.shape)} do not fit a "
+                             f"{N}x{K} weight")
+        lr_a = lr_a.to(lr_b.dtype)  # tl.dot multiplies one dtype
+        br, gt = max(br, 16), 1  # B A on tensor cores: one group a program, >= 16 rows
+    ch = max(16 if lr_b is not None else 8, group * sl["W0"] // 32)  # W0 is the widest slice
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
+    if dense_dtype is None:
+        out = torch.empty((K * bits // 32, N), device=w.device, dtype=torch.int32)  # transposed: see layout.py
+        scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
+        zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
+    else:
+        out = torch.empty((K, N), device=w.device, dtype=dense_dtype)  # transposed: see _store_dense
+        scale = zero = None
     tk.quantize_kernel[(math.ceil(N / br), math.ceil(G / gt))](
-        w, cs if cs is not None else w, data, scale, zero, N, K, G, sl["row1"], sl["row2"],
-        (1 + nu) / 2, (1 - nu) / 2,
+        w, w if cs is None else cs, w if lr_b is None else lr_b, w if lr_a is None else lr_a, out,
+        out if scale is None else scale, out if zero is None else zero,
+        N, K, G, 0 if lr_a is None else lr_a.shape[0], sl["row1"], sl["row2"], (1 + nu) / 2, (1 - nu) / 2,
         BITS=bits, W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=group, GT=gt,
-        BR=br, HAS_CS=cs is not None, SYMMETRIC=symmetric, HAS_NU=nu != 1.0, PARAM_DTYPE=_tl_dtype(scale_dtype),
-        PARAM_MIN=_PARAM_MIN[scale_dtype], num_warps=warps)
-    return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, (N, K))
+        BR=br, CH=ch, HAS_CS=cs is not None, HAS_LR=lr_b is not None,
+        BRK=max(16, _next_pow2(0 if lr_a is None else lr_a.shape[0])),
+        IEEE=lr_b is not None and lr_b.dtype == torch.float32, SYMMETRIC=symmetric, HAS_NU=nu != 1.0,
+        PARAM_DTYPE=_tl_dtype(scale_dtype), PARAM_MIN=_PARAM_MIN[scale_dtype], DENSE=dense_dtype is not None,
+        num_warps=warps)
+    return out, scale, zero
+
+
+def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
+                  lowrank=None, tile: tuple[int, int, int] | None = None) -> PlanarPackedWeight:
+    """TTQ's online step, one Triton pass: Q[(w - B A) * col_scale] straight into the planar layout
+    (``lowrank`` = (B, A), or None). ``tile`` = (rows, groups, warps) of a program overrides
+    QUANTIZE_TILE (sweeps)."""
+    data, scale, zero = _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile)
+    return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, tuple(w.shape))
+
+
+def qdq_weight(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16, lowrank=None,
+               dtype: torch.dtype = torch.bfloat16, tile: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Q[(w - B A)·cs] / cs + B A as a dense (N, K) ``dtype`` tensor, in one pass over w: what
+    quantize_pack then dequantizing gives, without the packed codes in between. It is the
+    transposed view of a (K, N) tensor (written so for speed); F.linear takes it without a copy."""
+    return _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dtype)[0].t()
+
+
+def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, nu=1.0,
+                  scale_dtype=torch.float16) -> torch.Tensor:
+    """y = (x / cs) Q[(W - B A) cs]ᵀ + (x Aᵀ) Bᵀ + bias, quantizing W for this call only.
+
+    Where ``quant_matmul`` would dequantize for cuBLAS anyway (``path_for`` = dequant: large M),
+    the quantize pass writes the dequantized weight itself (``qdq_weight``, B A folded in) and one
+    cuBLAS call does the rest: no packed codes written and read back, no separate low-rank
+    products. Elsewhere the codes are packed and the low-bit kernels run."""
+    N, K = w.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
+    if path_for(x.numel() // max(K, 1), N, K, bits) == "dequant":
+        w_eff = qdq_weight(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, dtype=x.dtype)
+        return F.linear(x, w_eff, None if bias is None else bias.to(x.dtype))
+    packed = quantize_pack(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank)
+    return quant_matmul(x, packed, col_scale, lowrank, bias)
+
+
+_STAT_MODE = {2.0: 0, math.inf: 1}
+SCALE_HELD_MAX_K = 4096  # up to here column_scale's last program keeps every channel's statistic in registers
+SCALE_SWEEP_K = 1024  # beyond it, it sweeps them this many at a time
+_SCALE_PARAMS: dict[tuple, torch.Tensor] = {}  # (device, λ, α) -> float64 [1-λ, λ, ½α, 1e-12], never freed: graphs keep it
+
+
+def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float = 0.5) -> torch.Tensor:
+    """s = D^½ of activation x (..., K), fp32: ``quant.scaling.column_scale(channel_stat(x, p), lam, alpha)``
+    in one launch (``column_scale_kernel``) instead of ~15 small torch ops. The sums run in another
+    order than torch's, so s can differ from the reference in the last bits."""
+    tk = _tk()
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"shrinkage lambda must be in [0, 1], got {lam}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not p > 0:
+        raise ValueError(f"the statistic's p must be > 0, got {p}")
+    K = x.shape[-1]
+    x2 = x.detach().reshape(-1, K).contiguous()
+    M = x2.shape[0]
+    if M == 0:
+        raise ValueError("cannot compute a column scale from an empty activation")
+    mode = _STAT_MODE.get(float(p), 2)
+    dev = x.device
+    key = (dev, float(lam), float(alpha))
+    if key not in _SCALE_PARAMS:
+        _SCALE_PARAMS[key] = torch.tensor([1.0 - lam, lam, 0.5 * alpha, 1e-12], dtype=torch.float64, device=dev)
+    stat = torch.empty(K, device=dev, dtype=torch.float32)
+    logs = torch.empty(K, device=dev, dtype=torch.float64)
+    s = torch.empty(K, device=dev, dtype=torch.float32)
+    bk = 64 if K >= 64 * _num_sms(dev) else 32
+    fk = _next_pow2(K) if K <= SCALE_HELD_MAX_K else SCALE_SWEEP_K  # the last program holds all K statistics, or sweeps
+    tk.column_scale_kernel[(math.ceil(K / bk),)](
+        x2, stat, logs, s, _SCALE_PARAMS[key], _counter(dev, "column_scale"), M, K,
+        float(p) if mode == 2 else 2.0, 2.0 / p if mode == 2 else 1.0,
+        MODE=mode, BM=64, BK=bk, FK=fk, num_warps=8)
+    return s
+
+
+def _counter(device: torch.device, name: str) -> torch.Tensor:
+    """A zeroed int32 counter per (device, stream) for kernels whose last program resets it; never
+    freed (a captured CUDA graph keeps its address)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, name)
+    if key not in _GEMV1_BUFFERS:
+        _GEMV1_BUFFERS[key] = torch.zeros(1, device=device, dtype=torch.int32)
+    return _GEMV1_BUFFERS[key]

@@ -248,15 +248,36 @@ def _or(a, b):
 
 
 @triton.jit
-def _w_chunk(w_ptr, cs_ptr, n3, g3, c, mask, K, GROUP: tl.constexpr, CH: tl.constexpr, HAS_CS: tl.constexpr):
-    """W·cs at channels [c·CH, (c+1)·CH) of the groups g3 of rows n3 (3-D index tensors), fp32,
-    CH last. CH is one 16-byte load of bf16 (or one field, if wider): Triton gives each thread
-    whole chunks, so the min/max over a group and the packing of its words stay in registers."""
+def _lowrank_rows(b_ptr, offs_n, R, BRK: tl.constexpr):
+    """This program's rows of B (BR, BRK), ranks past R read as zero (tl.dot needs BRK >= 16)."""
+    j = tl.arange(0, BRK)
+    return tl.load(b_ptr + offs_n[:, None] * R + j[None, :], mask=j[None, :] < R, other=0.0)
+
+
+@triton.jit
+def _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP: tl.constexpr, CH: tl.constexpr,
+             HAS_CS: tl.constexpr, HAS_LR: tl.constexpr, BRK: tl.constexpr, IEEE: tl.constexpr):
+    """(W - B A)·cs at channels [c·CH, (c+1)·CH) of the groups g3 of rows n3 (3-D index tensors),
+    fp32, CH last, and the chunk's B A (0 without HAS_LR). CH is one 16-byte load of bf16 (or one
+    field, if wider): Triton gives each thread whole chunks, so the min/max over a group and the
+    packing of its words stay in registers. B A comes from the tensor cores (one group a program:
+    g0 is its first channel; CH >= 16), exact products of the stored B and A summed in fp32, like
+    the reference's float32 B @ A but in another order."""
     kk = g3 * GROUP + c * CH + tl.arange(0, CH)[None, None, :]
     w = tl.load(w_ptr + n3 * K + kk, mask=mask, other=0.0).to(tl.float32)
+    ba = 0.0
+    if HAS_LR:
+        j = tl.arange(0, BRK)
+        ka = g0 + c * CH + tl.arange(0, CH)
+        a = tl.load(a_ptr + j[:, None] * K + ka[None, :], mask=(j[:, None] < R) & (ka[None, :] < K), other=0.0)
+        if IEEE:
+            ba = tl.dot(b_rows, a, input_precision="ieee")[None, :, :]
+        else:
+            ba = tl.dot(b_rows, a)[None, :, :]
+        w = w - ba
     if HAS_CS:
         w = w * tl.load(cs_ptr + kk, mask=(kk < K), other=1.0)
-    return w
+    return w, ba
 
 
 @triton.jit
@@ -283,35 +304,44 @@ def _store_words(words, out_ptr, n3, g3, mask, N, row0, WBITS: tl.constexpr, GRO
 
 
 @triton.jit
-def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, row1, row2, nu_a, nu_b,
+def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G, R, row1, row2, nu_a, nu_b,
                     BITS: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
                     OFF1: tl.constexpr, OFF2: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
-                    BR: tl.constexpr, HAS_CS: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
-                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr):
-    """TTQ's online step in one pass over W: W·cs, group min/max, S and Z rounded to their storage
-    dtype, codes rounded half-to-even, packed into the planar layout. Same arithmetic, in the same
-    order, as ``vla_ttq.quant.groupwise.quantize_groupwise``.
+                    BR: tl.constexpr, CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr,
+                    BRK: tl.constexpr, IEEE: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
+                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr, DENSE: tl.constexpr):
+    """TTQ's online step in one pass over W: (W - B A)·cs, group min/max, S and Z rounded to their
+    storage dtype, codes rounded half-to-even, and then either packed into the planar layout, or
+    (DENSE) written back dequantized as (Ŵ / cs + B A)ᵀ in out's dtype (K, N), the weight cuBLAS
+    multiplies when M is large, without packed codes written and read back in between. Same
+    arithmetic, in the same order, as ``vla_ttq.quant.groupwise.quantize_groupwise`` (B A aside:
+    see ``_w_chunk``).
 
     A program quantizes GT groups of BR rows, tensors (GT, BR, CH), in chunks of CH channels that
     each thread holds whole (``_w_chunk``; neighbouring lanes take neighbouring rows): a first
     sweep finds each group's min/max, a second (the same chunks, from L1) rounds and packs. Run 9
     (H200): the (BR, GT·GROUP) tile it replaced spread a group over 8 threads, and its min/max and
     the OR that packs a word went through warp shuffles: 28 SASS instructions a weight against 16.
-    Lanes on neighbouring groups of a row instead (longer runs of W a load) lost on every layer."""
+    Lanes on neighbouring groups of a row instead (longer runs of W a load) lost on every layer.
+    With HAS_LR a program holds one group (GT = 1) and B A is recomputed in each sweep."""
     QMAX: tl.constexpr = (1 << BITS) - 1
-    CH: tl.constexpr = 8 if GROUP * W0 // 32 < 8 else GROUP * W0 // 32  # W0 is the widest slice
     offs_n = tl.program_id(0) * BR + tl.arange(0, BR)
-    gi = tl.program_id(1) * GT + tl.arange(0, GT)
+    g0 = tl.program_id(1) * GT
+    gi = g0 + tl.arange(0, GT)
+    g0 = g0 * GROUP
     n2 = offs_n[None, :]
     g2 = gi[:, None]
     n3 = n2[:, :, None]
     g3 = g2[:, :, None]
     mask2 = (g2 < G) & (n2 < N)
     mask = mask2[:, :, None]
+    b_rows = 0.0
+    if HAS_LR:
+        b_rows = _lowrank_rows(b_ptr, offs_n, R, BRK)
     wmax = tl.full((GT, BR, CH), float("-inf"), tl.float32)
     wmin = tl.full((GT, BR, CH), float("inf"), tl.float32)
     for c in tl.static_range(GROUP // CH):
-        w = _w_chunk(w_ptr, cs_ptr, n3, g3, c, mask, K, GROUP, CH, HAS_CS)
+        w, ba = _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP, CH, HAS_CS, HAS_LR, BRK, IEEE)
         wmax = tl.maximum(wmax, w)
         wmin = tl.minimum(wmin, w)
     wmax = tl.max(wmax, axis=2)
@@ -332,24 +362,148 @@ def quantize_kernel(w_ptr, cs_ptr, out_ptr, s_ptr, z_ptr, N, K, G, row1, row2, n
     words1 = tl.zeros((GT, BR, CH), tl.int32)
     words2 = tl.zeros((GT, BR, CH), tl.int32)
     for c in tl.static_range(GROUP // CH):
-        w = _w_chunk(w_ptr, cs_ptr, n3, g3, c, mask, K, GROUP, CH, HAS_CS)
+        w, ba = _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP, CH, HAS_CS, HAS_LR, BRK, IEEE)
         v = (w - wmin[:, :, None]) / scale[:, :, None]
         # Round half to even (like torch.round) by adding 1.5·2^23 and clamp there: the float's
         # low mantissa bits are then the code (round-then-clamp, without a float-to-int conversion)
-        bits = tl.minimum(tl.maximum(v + 12582912.0, 12582912.0), 12582912.0 + QMAX).to(tl.int32, bitcast=True)
-        words0 = _field_words(words0, bits, c, 0, W0, GROUP, CH)
+        q = tl.minimum(tl.maximum(v + 12582912.0, 12582912.0), 12582912.0 + QMAX)
+        if DENSE:
+            _store_dense(out_ptr, q - 12582912.0, scale, wmin, ba, cs_ptr, n3, g3, c, mask, N, K, GROUP, CH,
+                         HAS_CS, HAS_LR)
+        else:
+            bits = q.to(tl.int32, bitcast=True)
+            words0 = _field_words(words0, bits, c, 0, W0, GROUP, CH)
+            if W1 > 0:
+                words1 = _field_words(words1, bits, c, OFF1, W1, GROUP, CH)
+            if W2 > 0:
+                words2 = _field_words(words2, bits, c, OFF2, W2, GROUP, CH)
+    if not DENSE:
+        _store_words(words0, out_ptr, n3, g3, mask, N, 0, W0, GROUP, CH, GT, BR)
         if W1 > 0:
-            words1 = _field_words(words1, bits, c, OFF1, W1, GROUP, CH)
+            _store_words(words1, out_ptr, n3, g3, mask, N, row1, W1, GROUP, CH, GT, BR)
         if W2 > 0:
-            words2 = _field_words(words2, bits, c, OFF2, W2, GROUP, CH)
-    _store_words(words0, out_ptr, n3, g3, mask, N, 0, W0, GROUP, CH, GT, BR)
-    if W1 > 0:
-        _store_words(words1, out_ptr, n3, g3, mask, N, row1, W1, GROUP, CH, GT, BR)
-    if W2 > 0:
-        _store_words(words2, out_ptr, n3, g3, mask, N, row2, W2, GROUP, CH, GT, BR)
-    sz_off = g2 * N + n2  # S, Z stored transposed (K/g, N)
-    tl.store(s_ptr + sz_off, scale.to(s_ptr.dtype.element_ty), mask=mask2)
-    tl.store(z_ptr + sz_off, wmin.to(z_ptr.dtype.element_ty), mask=mask2)
+            _store_words(words2, out_ptr, n3, g3, mask, N, row2, W2, GROUP, CH, GT, BR)
+        sz_off = g2 * N + n2  # S, Z stored transposed (K/g, N)
+        tl.store(s_ptr + sz_off, scale.to(s_ptr.dtype.element_ty), mask=mask2)
+        tl.store(z_ptr + sz_off, wmin.to(z_ptr.dtype.element_ty), mask=mask2)
+
+
+@triton.jit
+def _store_dense(out_ptr, code, scale, zero, ba, cs_ptr, n3, g3, c, mask, N, K, GROUP: tl.constexpr,
+                 CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr):
+    """One chunk of Ŵ / cs + B A into out (K, N): the reference's dequantize (codes·S + Z in fp32),
+    its division by cs, the low-rank term added back, one rounding to out's dtype. Transposed, so
+    that the lanes (neighbouring rows of W) write neighbouring addresses: stored (N, K), each lane
+    wrote a row of its own and the whole TTQ step of gate/up at 800 tokens took 240.6 µs instead of
+    152.9 (H200, docs/kernels/h200_run10_ttq_call_ab_rowmajor_store.json)."""
+    kk = g3 * GROUP + c * CH + tl.arange(0, CH)[None, None, :]
+    w = code * scale[:, :, None] + zero[:, :, None]
+    if HAS_CS:  # approximate division (2 ulp of fp32; out is 16-bit): the IEEE one doubled the instructions
+        w = tl.fdiv(w, tl.load(cs_ptr + kk, mask=(kk < K), other=1.0), ieee_rounding=False)
+    if HAS_LR:
+        w = w + ba
+    tl.store(out_ptr + kk * N + n3, w.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- the column scale s = D^½ of an activation (quant.scaling, fused) --------------------------
+
+
+@triton.jit
+def _channel_stat(stat_ptr, kk, mk, M, two_over_p, MODE: tl.constexpr):
+    """c_i (float64) from the per-channel sums, as ``quant.scaling.channel_stat`` forms it in fp32."""
+    raw = tl.load(stat_ptr + kk, mask=mk, other=0.0)
+    if MODE == 0:
+        c = raw / M
+    elif MODE == 1:
+        c = raw * raw
+    else:
+        c = tl.exp2(two_over_p * tl.log2(tl.maximum(raw / M, 1.1754943508222875e-38)))
+        c = tl.where(raw > 0, c, 0.0)
+    return c.to(tl.float64)
+
+
+@triton.jit
+def column_scale_kernel(x_ptr, stat_ptr, log_ptr, s_ptr, prm_ptr, lock_ptr, M, K, p, two_over_p,
+                        MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr):
+    """s = D^½ of activation x (M, K): ``quant.scaling.column_scale(channel_stat(x, p), λ, α)`` in one
+    launch. Each program sums Σ x² (MODE 0), max |x| (1) or Σ |x|^p (2) over all rows for its BK
+    channels (fp32, fixed order, no atomics on the data); the last program to arrive (a counter in
+    lock_ptr, which it resets) then forms, in float64 as the reference does,
+    c_λ = (1-λ)c + λ·mean(c), log_s = ½α·log(max(c_λ, 1e-12·max c_λ)) and s = exp(log_s - mean(log_s)),
+    all in registers when K <= FK, else in four sweeps of FK channels (log_s kept in log_ptr between
+    the last two).
+    prm = float64 [1-λ, λ, ½α, 1e-12] (scalar arguments would be float32)."""
+    kk = tl.program_id(0) * BK + tl.arange(0, BK)
+    mk = kk < K
+    acc = tl.zeros((BM, BK), tl.float32)
+    for m0 in range(0, M, BM):
+        rows = m0 + tl.arange(0, BM)
+        v = tl.load(x_ptr + rows[:, None] * K + kk[None, :], mask=(rows[:, None] < M) & mk[None, :],
+                    other=0.0).to(tl.float32)
+        if MODE == 0:
+            acc += v * v
+        elif MODE == 1:
+            acc = tl.maximum(acc, tl.abs(v))
+        else:
+            av = tl.abs(v)
+            acc += tl.where(av > 0, tl.exp2(p * tl.log2(tl.maximum(av, 1.1754943508222875e-38))), 0.0)
+    if MODE == 1:
+        tl.store(stat_ptr + kk, tl.max(acc, axis=0), mask=mk)
+    else:
+        tl.store(stat_ptr + kk, tl.sum(acc, axis=0), mask=mk)
+    # release this program's sums; the last one to count itself sees everyone's (acquire)
+    if tl.atomic_add(lock_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        one_m_lam = tl.load(prm_ptr)
+        lam = tl.load(prm_ptr + 1)
+        half_alpha = tl.load(prm_ptr + 2)
+        floor = tl.load(prm_ptr + 3)
+        offs = tl.arange(0, FK)
+        if FK >= K:  # all K statistics in registers: one load, no sweeps (the latency is the cost)
+            _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor, MODE)
+        else:
+            _column_scale_swept(stat_ptr, log_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha,
+                                floor, MODE, FK)
+        tl.atomic_xchg(lock_ptr, 0)  # ready for the next call (and for a CUDA graph's replays)
+
+
+@triton.jit
+def _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor,
+                       MODE: tl.constexpr):
+    m = offs < K
+    c = _channel_stat(stat_ptr, offs, m, M, two_over_p, MODE)
+    c_lam = one_m_lam * c + lam * (tl.sum(c, axis=0) / K)
+    peak = tl.max(tl.where(m, c_lam, float("-inf")), axis=0)
+    c_lam = tl.where(peak > 0, tl.maximum(c_lam, peak * floor), 1.0)
+    log_s = tl.where(m, half_alpha * tl.log(c_lam), 0.0)
+    tl.store(s_ptr + offs, tl.exp(log_s - tl.sum(log_s, axis=0) / K).to(tl.float32), mask=m)
+
+
+@triton.jit
+def _column_scale_swept(stat_ptr, log_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor,
+                        MODE: tl.constexpr, FK: tl.constexpr):
+    tot = tl.zeros((FK,), tl.float64)
+    for k0 in range(0, K, FK):
+        tot += _channel_stat(stat_ptr, k0 + offs, k0 + offs < K, M, two_over_p, MODE)
+    mean_c = tl.sum(tot, axis=0) / K
+    peak = tl.full((FK,), float("-inf"), tl.float64)
+    for k0 in range(0, K, FK):
+        fk = k0 + offs
+        c_lam = one_m_lam * _channel_stat(stat_ptr, fk, fk < K, M, two_over_p, MODE) + lam * mean_c
+        peak = tl.maximum(peak, tl.where(fk < K, c_lam, float("-inf")))
+    peak = tl.max(peak, axis=0)
+    log_tot = tl.zeros((FK,), tl.float64)
+    for k0 in range(0, K, FK):
+        fk = k0 + offs
+        c_lam = one_m_lam * _channel_stat(stat_ptr, fk, fk < K, M, two_over_p, MODE) + lam * mean_c
+        c_lam = tl.where(peak > 0, tl.maximum(c_lam, peak * floor), 1.0)
+        log_s = tl.where(fk < K, half_alpha * tl.log(c_lam), 0.0)
+        tl.store(log_ptr + fk, log_s, mask=fk < K)
+        log_tot += log_s
+    mean_log = tl.sum(log_tot, axis=0) / K
+    for k0 in range(0, K, FK):
+        fk = k0 + offs
+        log_s = tl.load(log_ptr + fk, mask=fk < K, other=0.0)
+        tl.store(s_ptr + fk, tl.exp(log_s - mean_log).to(tl.float32), mask=fk < K)
 
 
 # ---- M = 1: one launch, split-K reduced in the kernel ------------------------------------------

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..kernels.reference import effective_weight
+from ..kernels.reference import effective_weight, residual
 from .groupwise import check_finite, check_group, quantize_groupwise
 from .methods import lowrank_factors
 from .packing import SCALE_DTYPES, PackedWeight
-from .scaling import channel_stat, column_scale, scale_columns
+from .scaling import scale_columns
 
 
 class QuantLinear(nn.Module):
@@ -98,15 +98,9 @@ class TTQLinear(nn.Module):
         self._cache.clear()
 
     def residual_weight(self, device: torch.device | None = None) -> torch.Tensor:
-        """W - BA; ``device``: where to compute it (the master W may live on the host, see below)."""
-        w = self.master_weight(device)
-        if self.lr_b is None:
-            return w
-        # float32 W - BA with one full-size temporary: BA, negated and W added in place. -(BA) + W
-        # is exactly W - BA in IEEE arithmetic, and add_ reads W (bf16 or fp32) converted to float32
-        # on the fly, so the result is bit-identical to w.float() - BA without W's float32 copy.
-        ba = self.lr_b.float().to(w.device) @ self.lr_a.float().to(w.device)
-        return ba.neg_().add_(w)
+        """W - BA (float32 when there is a low-rank part); ``device``: where to compute it (the master
+        W may live on the host, see below)."""
+        return residual(self.master_weight(device), self.lowrank)
 
     # --- full-precision master on the host ------------------------------------------------
     @property
@@ -139,9 +133,13 @@ class TTQLinear(nn.Module):
             return self.__dict__["_host_master"]
         return super().__getattr__(name)
 
-    def _column_scale(self, x: torch.Tensor) -> torch.Tensor:
+    def _column_scale(self, x: torch.Tensor, backend: str = "reference") -> torch.Tensor:
         """s = D(x)^½ per input channel (the TTQ scale of the paper, from this activation)."""
-        return column_scale(channel_stat(x, self.cfg.p), self.cfg.lam, self.cfg.alpha)
+        return kernels.column_scale(x, self.cfg.p, self.cfg.lam, self.cfg.alpha, backend=backend)
+
+    def _qargs(self) -> tuple:
+        cfg = self.cfg
+        return cfg.bits, cfg.group, cfg.symmetric, cfg.nu, SCALE_DTYPES[cfg.scale_dtype]
 
     def requantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized ``Q[(W - BA) s]`` (float32) and ``s = D(x)^½`` for activation ``x``.
@@ -154,13 +152,15 @@ class TTQLinear(nn.Module):
                                cfg.symmetric, cfg.nu, check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
         return q.dequantize(), s
 
-    def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:
-        cfg = self.cfg
-        if cfg.check_finite:
+    def _check_input(self, x: torch.Tensor) -> None:
+        if self.cfg.check_finite:
             check_finite(x, "activation", self.name)
-        s = self._column_scale(x)
-        packed = kernels.quantize_pack(self.residual_weight(x.device), s, cfg.bits, cfg.group, cfg.symmetric, cfg.nu,
-                                       SCALE_DTYPES[cfg.scale_dtype], backend=backend)
+
+    def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:
+        self._check_input(x)
+        s = self._column_scale(x, backend)
+        packed = kernels.quantize_pack(self.master_weight(x.device), s, *self._qargs(), backend=backend,
+                                       lowrank=self.lowrank)
         self.calibrations += 1
         return packed, s
 
@@ -169,9 +169,12 @@ class TTQLinear(nn.Module):
             if slot not in self._cache:
                 self._cache[slot] = self._calibrate(x, backend)
             packed, s = self._cache[slot]
-        else:
-            packed, s = self._calibrate(x, backend)
-        return kernels.quant_matmul(x, packed, s, self.lowrank, self.bias, backend=backend)
+            return kernels.quant_matmul(x, packed, s, self.lowrank, self.bias, backend=backend)
+        # per call: the backend may quantize and multiply in one go (no packed codes kept)
+        self._check_input(x)
+        s = self._column_scale(x, backend)
+        self.calibrations += 1
+        return kernels.online_matmul(x, self.master_weight(x.device), s, self.lowrank, self.bias, *self._qargs(), backend=backend)
 
     def per_slot(self, x: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """``fn(x_slot, slot)`` for each batch slot with its own calibration (``stats_scope="sample"``
