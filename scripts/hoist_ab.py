@@ -15,16 +15,15 @@ once per slab. Times both, and bf16 cuBLAS, on Gemma-2B layers, after checking a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
 from vla_ttq.kernels import reference, triton_backend
+from vla_ttq.kernels.bench import l2_bytes, script_args
 
 
 @triton.jit
@@ -82,16 +81,12 @@ def hq(x, cs, packed, bn, gt, split, warps, dot_dtype, stages=3):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--check", action="store_true", help="one small case, correctness only")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = script_args(__doc__, check="one small case, correctness only")
     from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
     shapes = {"small": (256, 512)} if args.check else {"gate/up": (16384, 2048), "down": (2048, 16384),
                                                       "q/o": (2048, 2048)}
     ms = (8,) if args.check else (8, 16, 64)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    l2 = l2_bytes()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     for name, (N, K) in shapes.items():

@@ -11,15 +11,13 @@ Timing as in ``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating pas
 
 from __future__ import annotations
 
-import argparse
 import json
 import traceback
-from pathlib import Path
 
 import torch
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
 
 LAYERS = {"gemma2b gate/up": (16384, 2048), "gemma2b down": (2048, 16384), "qwen3-4B q": (4096, 2560),
           "qwen3-8B q": (4096, 4096), "qwen3-14B q": (5120, 5120), "qwen3-32B q": (8192, 5120)}
@@ -27,11 +25,8 @@ MS = (8, 12, 16, 24, 32, 48, 64)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    args = script_args(__doc__)
+    l2 = l2_bytes()
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     for name, (N, K) in LAYERS.items():
         g = torch.Generator(device="cuda").manual_seed(N + K)

@@ -10,25 +10,20 @@ in ``vla_ttq.kernels.bench`` (CUDA-graph replays, W rotating past L2). Writes qd
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import graph_time_us, rotating_copies
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rotating_copies, script_args
 
 LAYERS = [("q/o", 2048, 2048), ("gate/up", 16384, 2048), ("down", 2048, 16384), ("300m gate/up", 4096, 1024)]
 TILES = [(32, 1, 1), (16, 1, 1), (64, 1, 1), (64, 1, 2), (128, 1, 4), (32, 2, 1), (32, 1, 2), (128, 1, 2)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    args = script_args(__doc__)
+    l2 = l2_bytes()
     res = dict(device=torch.cuda.get_device_name(), rows=[], scale=[])
     for name, N, K in LAYERS:
         g = torch.Generator(device="cuda").manual_seed(N + K)

@@ -15,16 +15,15 @@ variants are not exact: 2-14 codes a layer differed in run 9). Timing as in
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
 from vla_ttq.kernels import triton_backend
+from vla_ttq.kernels.bench import l2_bytes, script_args
 from vla_ttq.kernels.triton_kernels import _or, _round_to
 
 
@@ -140,11 +139,7 @@ def compare(ref, got) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--check", action="store_true", help="small shapes, correctness only (works interpreted)")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = script_args(__doc__, check="small shapes, correctness only (works interpreted)")
     dev = "cpu" if args.check and not torch.cuda.is_available() else "cuda"
     shapes = {"small": (48, 256)} if args.check else {"gate/up": (16384, 2048), "down": (2048, 16384),
                                                       "q/o": (2048, 2048), "k/v": (256, 2048)}
@@ -152,7 +147,7 @@ def main() -> None:
     if not args.check:
         from vla_ttq.kernels.bench import graph_time_us, measure_bandwidth, rotating_copies
         bw = measure_bandwidth()
-        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        l2 = l2_bytes()
         res.update(device=torch.cuda.get_device_name(), bw=bw)
     for name, (N, K) in shapes.items():
         g = torch.Generator(device=dev).manual_seed(N + K)

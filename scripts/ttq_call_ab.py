@@ -20,16 +20,14 @@ as in ``vla_ttq.kernels.bench``: CUDA-graph replays cycling through copies of W 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
 
 LAYERS = [("gemma2b q/o", 2048, 2048, (1, 800)), ("gemma2b k/v", 256, 2048, (1, 800)),
           ("gemma2b gate/up", 16384, 2048, (1, 800)), ("gemma2b down", 2048, 16384, (1, 800)),
@@ -51,11 +49,8 @@ def after(x, w, lowrank, bits):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    args = script_args(__doc__)
+    l2 = l2_bytes()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=[])
     for name, N, K, ms in LAYERS:
         g = torch.Generator(device="cuda").manual_seed(N + K)

@@ -572,3 +572,15 @@ def test_benchmark_rotates_enough_copies_to_read_past_l2():
     assert len(copies) == 12 and copies[0] is w
     assert all(torch.equal(c, w) and c.data_ptr() != w.data_ptr() for c in copies[1:])
     assert len(bench.rotating_copies(w, nbytes=1 << 30, l2_bytes=4 << 20)) == 1  # larger than L2: no copies
+
+
+def test_gpu_scripts_share_one_argument_parser(tmp_path, capsys):
+    from vla_ttq.kernels import bench
+
+    out = tmp_path / "a" / "b"
+    args = bench.script_args("doc", check="small run", argv=["--out", str(out), "--check"])
+    assert out.is_dir() and args.out == out and args.check
+    assert not hasattr(bench.script_args(argv=["--out", str(out)]), "check")
+    with pytest.raises(SystemExit):
+        bench.script_args(argv=[])  # --out is required
+    assert "--out" in capsys.readouterr().err

@@ -116,6 +116,22 @@ def rotating_copies(first, nbytes: int, l2_bytes: int) -> list:
     return [first] + [first.clone() for _ in range(n_copies(nbytes, l2_bytes) - 1)]
 
 
+def script_args(doc: str | None = None, check: str | None = None, argv=None) -> argparse.Namespace:
+    """Arguments of the GPU scripts in scripts/: ``--out DIR`` (created) and, with ``check`` (its
+    help text), a ``--check`` flag for a small correctness-only run."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--out", type=Path, required=True, help="folder for the JSON results (created)")
+    if check:
+        ap.add_argument("--check", action="store_true", help=check)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def l2_bytes() -> int:
+    return torch.cuda.get_device_properties(0).L2_cache_size
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).norm() / ref.norm())
 
