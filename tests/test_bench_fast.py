@@ -131,6 +131,29 @@ def test_fast_equals_plain_through_triton_backend(root):
     _close(sampler(*inp), model.sample_actions(*inp))
 
 
+def test_per_call_ttq_groups_run_as_one_layer_through_triton(root):
+    """q/k/v and gate/up of per-call TTQ: one column scale, one quantize pass, one matmul per group,
+    the same codes as layer by layer (same x, same s; quantization is row-wise). Rank 4 (a
+    block-diagonal B) and one calibration per sample; two denoising steps keep the interpreter short."""
+    pytest.importorskip("triton")
+    r = copy.deepcopy(root)
+    model = r.model
+    quantize_(r, QuantConfig(method="ttq", bits=3, group=32, rank=4, recompute="call", stats_scope="sample",
+                             backend="triton", check_finite=False), quant_filter(quantize_expert=True))
+    inp = _inputs(model.config, 14)
+    length = model.config.tokenizer_max_length
+    attn = model.language_model.layers[0].self_attn
+    q_weight = attn.q_proj.weight.detach().clone()
+    separate = FastSampler(model, B, 2, length, num_steps=2, fuse=False)(*inp).clone()
+    sampler = FastSampler(model, B, 2, length, num_steps=2, fuse=True)
+    assert all(g.ttq is not None for g in sampler.groups)
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    assert torch.equal(attn.q_proj.weight, q_weight)  # re-pointed at the stacked weight, same values
+    before = attn.q_proj.calibrations
+    _close(sampler(*inp), separate)
+    assert attn.q_proj.calibrations == before + B  # one calibration per sample, as layer by layer
+
+
 def test_sampler_rejects_wrong_inputs(root):
     model = copy.deepcopy(root).model
     sampler = FastSampler(model, B, 2, model.config.tokenizer_max_length)

@@ -168,13 +168,41 @@ class _Group:
 
     Plain ``nn.Linear`` parts are re-pointed at slices of the fused weight and dequantized copies
     are replaced by slices, so nothing is held twice; an episode re-calibration copies into the
-    slices, which updates the fused weight in place (a captured graph stays valid)."""
+    slices, which updates the fused weight in place (a captured graph stays valid).
+
+    Per-call TTQ parts with one config run as one layer too (``ttq``): they see the same x, so the
+    same s = D(x)^½, and groupwise quantization works row by row, so quantizing the stacked W gives
+    each part's codes. One column scale, one quantize pass and one matrix product replace one per
+    part; their weights become slices of the stacked one, and rank-r parts a block-diagonal B."""
 
     def __init__(self, parts: Sequence[_Linear], fuse: bool):
         self.parts, self.fuse = list(parts), fuse
         self.fused: torch.Tensor | None = None
         self.owned: torch.Tensor | None = None  # the fused tensor when the sampler (not a module) owns it
+        self.ttq: tuple | None = None  # (first module, backend, stacked W, stacked (B, A) or None)
         self.try_fuse()
+        if fuse and self.fused is None:
+            self._try_fuse_ttq_call()
+
+    def _try_fuse_ttq_call(self) -> None:
+        mods = [p.module for p in self.parts]
+        if len(mods) < 2 or any(p.kind != "ttq_call" for p in self.parts):
+            return
+        first = mods[0]
+        if any(m.cfg != first.cfg or m.bias is not None or m.weight.dtype != first.weight.dtype
+               or m.weight.device != first.weight.device for m in mods):
+            return
+        backend = kernels.select_backend(first.weight.device, first.cfg.bits, first.cfg.group, first.cfg.backend)
+        if backend == "reference":  # ttq_call_forward (sync-free torch) stays per layer
+            return
+        self.sizes = [m.out_features for m in mods]
+        stacked = torch.cat([m.weight.detach() for m in mods], dim=0)
+        for m, piece in zip(mods, stacked.split(self.sizes, dim=0)):
+            m.weight.data = piece
+        lowrank = None
+        if first.lowrank is not None:
+            lowrank = (torch.block_diag(*[m.lr_b for m in mods]), torch.cat([m.lr_a for m in mods], dim=0))
+        self.ttq = (first, backend, stacked, lowrank)
 
     def try_fuse(self) -> None:
         if not self.fuse or self.fused is not None:
@@ -194,7 +222,21 @@ class _Group:
     def __call__(self, x: torch.Tensor):
         if self.fused is not None:
             return F.linear(x, self.fused).split(self.sizes, dim=-1)
+        if self.ttq is not None:
+            return self._ttq_call(x).split(self.sizes, dim=-1)
         return tuple(p(x) for p in self.parts)
+
+    def _ttq_call(self, x: torch.Tensor) -> torch.Tensor:
+        m, backend, weight, lowrank = self.ttq
+
+        def one(xi: torch.Tensor, slot: int) -> torch.Tensor:
+            m._check_input(xi)
+            for p in self.parts:
+                p.module.calibrations += 1
+            s = m._column_scale(xi, backend)
+            return kernels.online_matmul(xi, weight, s, lowrank, None, *m._qargs(), backend=backend)
+
+        return m.per_slot(x, one)
 
 
 # --- element-wise glue between the matrix products (optionally compiled into fused kernels) ----
