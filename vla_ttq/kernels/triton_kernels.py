@@ -430,7 +430,7 @@ def column_scale_kernel(x_ptr, stat_ptr, log_ptr, s_ptr, prm_ptr, lock_ptr, M, K
     channels (fp32, fixed order, no atomics on the data); the last program to arrive (a counter in
     lock_ptr, which it resets) then forms, in float64 as the reference does,
     c_λ = (1-λ)c + λ·mean(c), log_s = ½α·log(max(c_λ, 1e-12·max c_λ)) and s = exp(log_s - mean(log_s)),
-    all in registers when K <= FK, else in four sweeps of FK channels (log_s kept in log_ptr between
+    all in registers when K <= FK, else in three sweeps of FK channels (log_s kept in log_ptr between
     the last two).
     prm = float64 [1-λ, λ, ½α, 1e-12] (scalar arguments would be float32)."""
     kk = tl.program_id(0) * BK + tl.arange(0, BK)
@@ -482,15 +482,15 @@ def _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, 
 def _column_scale_swept(stat_ptr, log_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor,
                         MODE: tl.constexpr, FK: tl.constexpr):
     tot = tl.zeros((FK,), tl.float64)
+    top = tl.zeros((FK,), tl.float64)  # c >= 0
     for k0 in range(0, K, FK):
-        tot += _channel_stat(stat_ptr, k0 + offs, k0 + offs < K, M, two_over_p, MODE)
+        c = _channel_stat(stat_ptr, k0 + offs, k0 + offs < K, M, two_over_p, MODE)
+        tot += c
+        top = tl.maximum(top, c)
     mean_c = tl.sum(tot, axis=0) / K
-    peak = tl.full((FK,), float("-inf"), tl.float64)
-    for k0 in range(0, K, FK):
-        fk = k0 + offs
-        c_lam = one_m_lam * _channel_stat(stat_ptr, fk, fk < K, M, two_over_p, MODE) + lam * mean_c
-        peak = tl.maximum(peak, tl.where(fk < K, c_lam, float("-inf")))
-    peak = tl.max(peak, axis=0)
+    # max of c_λ without a sweep: (1-λ)c + λ·mean(c) rounds monotonically in c, so its largest value
+    # is the one of the largest c, bit for bit
+    peak = one_m_lam * tl.max(top, axis=0) + lam * mean_c
     log_tot = tl.zeros((FK,), tl.float64)
     for k0 in range(0, K, FK):
         fk = k0 + offs
