@@ -81,7 +81,8 @@ def quant_matmul(x, packed, col_scale=None, lowrank=None, bias=None) -> torch.Te
     return reference.prescaled_gemm(x, p.shape[0], lambda xs: _gemm(xs, p), col_scale, lowrank, bias)
 
 
-def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16, lowrank=None) -> MarlinPackedWeight:
+def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
+                  lowrank=None) -> MarlinPackedWeight:
     return prepare(reference.quantize_pack(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank))
 
 

@@ -66,6 +66,7 @@ def quant_matmul(x, packed, col_scale=None, lowrank=None, bias=None) -> torch.Te
     return reference.prescaled_gemm(x, p.shape[0], gemm, col_scale, lowrank, bias)
 
 
-def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16, lowrank=None) -> Int4PackedWeight:
+def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16,
+                  lowrank=None) -> Int4PackedWeight:
     """The reference online step, then tinygemm's repack (torch has no fused quantize for it)."""
     return prepare(reference.quantize_pack(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank))

@@ -62,7 +62,8 @@ QUANTIZE_TILE = (32, 1, 1)
 # against 92.9; scripts/qdq_tiles.py)
 QDQ_TILE = (64, 1, 2)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
-_GEMV1_BUFFERS: dict[tuple, object] = {}  # (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers, _counter)
+# (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers, _counter)
+_GEMV1_BUFFERS: dict[tuple, object] = {}
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
               torch.bfloat16: torch.finfo(torch.bfloat16).smallest_normal, torch.float32: 0.0}
@@ -526,7 +527,8 @@ def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, 
 _STAT_MODE = {2.0: 0, math.inf: 1}
 SCALE_HELD_MAX_K = 4096  # up to here column_scale's last program keeps every channel's statistic in registers
 SCALE_SWEEP_K = 1024  # beyond it, it sweeps them this many at a time
-_SCALE_PARAMS: dict[tuple, torch.Tensor] = {}  # (device, λ, α) -> float64 [1-λ, λ, ½α, 1e-12], never freed: graphs keep it
+# (device, λ, α) -> float64 [1-λ, λ, ½α, 1e-12], never freed: graphs keep its address
+_SCALE_PARAMS: dict[tuple, torch.Tensor] = {}
 
 
 def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float = 0.5) -> torch.Tensor:

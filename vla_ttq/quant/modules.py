@@ -174,7 +174,8 @@ class TTQLinear(nn.Module):
         self._check_input(x)
         s = self._column_scale(x, backend)
         self.calibrations += 1
-        return kernels.online_matmul(x, self.master_weight(x.device), s, self.lowrank, self.bias, *self._qargs(), backend=backend)
+        return kernels.online_matmul(x, self.master_weight(x.device), s, self.lowrank, self.bias, *self._qargs(),
+                                     backend=backend)
 
     def per_slot(self, x: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """``fn(x_slot, slot)`` for each batch slot with its own calibration (``stats_scope="sample"``
