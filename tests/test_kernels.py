@@ -574,6 +574,21 @@ def test_benchmark_rotates_enough_copies_to_read_past_l2():
     assert len(bench.rotating_copies(w, nbytes=1 << 30, l2_bytes=4 << 20)) == 1  # larger than L2: no copies
 
 
+def test_benchmark_report_has_the_ttq_step_table():
+    from vla_ttq.kernels import bench
+
+    row = {"set": "gemma2b", "layer": "q/o", "N": 2048, "K": 2048, "M": 800, "bf16 us": 12.0, "int4 us": 5.0,
+           "W4 r0 us": 17.0, "W4 r0 floor_us": 2.0, "W4 r16 us": 20.0, "W2 r0 us": 16.0, "W2 r0 floor_us": 1.9,
+           "W2 r16 us": 19.0, "W4 r0 kernel": "dequant", "TTQ W4 r0 us": 30.0, "TTQ W4 r0 floor_us": 2.1,
+           "TTQ W4 r16 us": 35.0, "TTQ W2 r0 us": 31.0, "TTQ W2 r16 us": 36.0}
+    res = {"device": {"name": "H", "torch": "t", "triton": "3", "bandwidth_GBps": 4000, "l2_MB": 60}, "group": 64,
+           "matmul": [row], "quantize": [], "targets": []}
+    text = bench.markdown(res)
+    assert "| gemma2b | q/o | 2048×2048 | 800 | 12.0 | 30.0 (2.1) | 35.0 | 31.0 | 36.0 | 2.50× |" in text
+    del row["TTQ W4 r0 us"]  # a result file from before the step was timed: no table, no error
+    assert "whole per-call step" not in bench.markdown(res)
+
+
 def test_gpu_scripts_share_one_argument_parser(tmp_path, capsys):
     from vla_ttq.kernels import bench
 

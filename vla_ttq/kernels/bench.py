@@ -181,6 +181,18 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                     lambda b=b, lr=lr: (triton_backend.quant_matmul(x, packed[b], cs, lr),
                                         reference.quant_matmul(x.double(), packed[b], cs.double(),
                                                                None if lr is None else (lr[0].double(), lr[1].double()))))
+        # TTQ's whole per-call step (s from x, quantize W, multiply), as TTQLinear runs it per call
+        s_x = triton_backend.column_scale(x)
+        for b in (4, 2):
+            for r in (0, RANK):
+                lr = (lr_b, lr_a) if r else None
+                extra = 2 * RANK * (N + K) if r else 0
+                variants[f"TTQ W{b} r{r}"] = (
+                    [lambda wc=wc, b=b, lr=lr: triton_backend.online_matmul(
+                        x, wc, triton_backend.column_scale(x), lr, None, b, group) for wc in w_copies],
+                    nbytes["bf16"] + io + extra,
+                    lambda b=b, lr=lr: (triton_backend.online_matmul(x, w, s_x, lr, None, b, group), ttq_reference(
+                        x, w, s_x, lr, b, group)))
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
             mine = triton_backend.path_for(M, N, K, 4)
@@ -215,6 +227,13 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             f"{entry[k]:.1e}" for k in entry if k.endswith(" err")), flush=True)
     del w_copies, pk_copies, i4_copies
     torch.cuda.empty_cache()
+
+
+def ttq_reference(x, w, s, lowrank, bits, group) -> torch.Tensor:
+    """float64 product of TTQ's per-call step with the reference quantization of (W - B A)·s."""
+    packed = reference.quantize_pack(w, s, bits, group, lowrank=lowrank)
+    lr = None if lowrank is None else (lowrank[0].double(), lowrank[1].double())
+    return reference.quant_matmul(x.double(), packed, s.double(), lr)
 
 
 def sweep(N, K, M, bits, group, bw, l2):
@@ -283,7 +302,19 @@ def markdown(res) -> str:
             f"{e['W4 r0 kernel']} | " + " ".join(f"{k.split()[2]} {e[k]:.1f}" for k in e
                                                  if k.startswith("W4 r0 ") and k.endswith(" us") and k.count(" ") == 3)
             + " |")
-    lines += ["", "Online quantize (TTQ's per-call step: W·s, group min/max, round, pack), µs:", "",
+    ttq = [e for e in res["matmul"] if "TTQ W4 r0 us" in e]
+    if ttq:
+        lines += ["", "TTQ's whole per-call step (`column_scale` + `online_matmul`: s from x, W quantized for "
+                  "this call, then multiplied; what `TTQLinear` runs with recompute=\"call\"), µs; floor = reading "
+                  "W in bf16 once:", "",
+                  "| set | layer | N×K | M | bf16 | TTQ W4 r0 (floor) | W4 r16 | W2 r0 | W2 r16 | W4 r0 / bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in ttq:
+            lines.append(f"| {e['set']} | {e['layer']} | {e['N']}×{e['K']} | {e['M']} | {fmt(e['bf16 us'])} | "
+                         f"{fmt(e['TTQ W4 r0 us'])} ({fmt(e['TTQ W4 r0 floor_us'])}) | {fmt(e['TTQ W4 r16 us'])} | "
+                         f"{fmt(e['TTQ W2 r0 us'])} | {fmt(e['TTQ W2 r16 us'])} | "
+                         f"{e['TTQ W4 r0 us'] / e['bf16 us']:.2f}× |")
+    lines += ["", "Online quantize alone (the packing pass of TTQ's step: W·s, group min/max, round, pack), µs:", "",
               "| set | layer | N×K | bits | time | floor | target (2 bf16 reads) | met |", "|---|---|---|---|---|---|---|---|"]
     for q in res["quantize"]:
         lines.append(f"| {q['set']} | {q['layer']} | {q['N']}×{q['K']} | {q['bits']} | {q['us']:.1f} | "
