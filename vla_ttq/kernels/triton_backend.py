@@ -525,16 +525,18 @@ def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, 
 
 
 _STAT_MODE = {2.0: 0, math.inf: 1}
-SCALE_HELD_MAX_K = 4096  # up to here column_scale's last program keeps every channel's statistic in registers
-SCALE_SWEEP_K = 1024  # beyond it, it sweeps them this many at a time
+# Up to here column_scale's last program keeps every channel's statistic in registers and finishes alone;
+# beyond it a second launch spreads the float64 log/exp over many programs (K = 16384: ~40 µs alone, H200)
+SCALE_HELD_MAX_K = 4096
 # (device, λ, α) -> float64 [1-λ, λ, ½α, 1e-12], never freed: graphs keep its address
 _SCALE_PARAMS: dict[tuple, torch.Tensor] = {}
 
 
 def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float = 0.5) -> torch.Tensor:
     """s = D^½ of activation x (..., K), fp32: ``quant.scaling.column_scale(channel_stat(x, p), lam, alpha)``
-    in one launch (``column_scale_kernel``) instead of ~15 small torch ops. The sums run in another
-    order than torch's, so s can differ from the reference in the last bits."""
+    in one launch (``column_scale_kernel``; two above SCALE_HELD_MAX_K channels) instead of ~15 small
+    torch ops. The sums run in another order than torch's, so s can differ from the reference in the
+    last bits."""
     tk = _tk()
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"shrinkage lambda must be in [0, 1], got {lam}")
@@ -553,14 +555,21 @@ def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float
     if key not in _SCALE_PARAMS:
         _SCALE_PARAMS[key] = torch.tensor([1.0 - lam, lam, 0.5 * alpha, 1e-12], dtype=torch.float64, device=dev)
     stat = torch.empty(K, device=dev, dtype=torch.float32)
-    logs = torch.empty(K, device=dev, dtype=torch.float64)
+    glob = torch.empty(2, device=dev, dtype=torch.float64)  # mean(c), max c_λ (wide layers)
     s = torch.empty(K, device=dev, dtype=torch.float32)
     bk = 64 if K >= 64 * _num_sms(dev) else 32
-    fk = _next_pow2(K) if K <= SCALE_HELD_MAX_K else SCALE_SWEEP_K  # the last program holds all K statistics, or sweeps
+    held = K <= SCALE_HELD_MAX_K
+    args = (float(p) if mode == 2 else 2.0, 2.0 / p if mode == 2 else 1.0)
     tk.column_scale_kernel[(math.ceil(K / bk),)](
-        x2, stat, logs, s, _SCALE_PARAMS[key], _counter(dev, "column_scale"), M, K,
-        float(p) if mode == 2 else 2.0, 2.0 / p if mode == 2 else 1.0,
-        MODE=mode, BM=64, BK=bk, FK=fk, num_warps=8)
+        x2, stat, glob, s, _SCALE_PARAMS[key], _counter(dev, "column_scale"), M, K, *args,
+        MODE=mode, BM=64, BK=bk, FK=_next_pow2(K) if held else 1024, HELD=held, num_warps=8)
+    if not held:  # log and exp of every channel spread over many programs (see column_scale_kernel)
+        fbk = 256
+        u = torch.empty(K, device=dev, dtype=torch.float64)
+        parts = torch.empty(math.ceil(K / fbk), device=dev, dtype=torch.float64)
+        tk.column_scale_finish_kernel[(parts.numel(),)](
+            stat, glob, _SCALE_PARAMS[key], u, parts, _counter(dev, "column_scale_finish"), s, M, K, args[1],
+            MODE=mode, BK=fbk, FK=1024, num_warps=4)
     return s
 
 

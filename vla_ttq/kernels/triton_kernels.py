@@ -423,15 +423,17 @@ def _channel_stat(stat_ptr, kk, mk, M, two_over_p, MODE: tl.constexpr):
 
 
 @triton.jit
-def column_scale_kernel(x_ptr, stat_ptr, log_ptr, s_ptr, prm_ptr, lock_ptr, M, K, p, two_over_p,
-                        MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr):
-    """s = D^½ of activation x (M, K): ``quant.scaling.column_scale(channel_stat(x, p), λ, α)`` in one
-    launch. Each program sums Σ x² (MODE 0), max |x| (1) or Σ |x|^p (2) over all rows for its BK
-    channels (fp32, fixed order, no atomics on the data); the last program to arrive (a counter in
-    lock_ptr, which it resets) then forms, in float64 as the reference does,
-    c_λ = (1-λ)c + λ·mean(c), log_s = ½α·log(max(c_λ, 1e-12·max c_λ)) and s = exp(log_s - mean(log_s)),
-    all in registers when K <= FK, else in three sweeps of FK channels (log_s kept in log_ptr between
-    the last two).
+def column_scale_kernel(x_ptr, stat_ptr, glob_ptr, s_ptr, prm_ptr, lock_ptr, M, K, p, two_over_p,
+                        MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr,
+                        HELD: tl.constexpr):
+    """s = D^½ of activation x (M, K): ``quant.scaling.column_scale(channel_stat(x, p), λ, α)``. Each
+    program sums Σ x² (MODE 0), max |x| (1) or Σ |x|^p (2) over all rows for its BK channels (fp32,
+    fixed order, no atomics on the data); the last program to arrive (a counter in lock_ptr, which
+    it resets) then forms, in float64 as the reference does, c_λ = (1-λ)c + λ·mean(c),
+    log_s = ½α·log(max(c_λ, 1e-12·max c_λ)) and s = exp(log_s - mean(log_s)), holding all K (<= FK)
+    statistics in registers (HELD). For wider layers one program's float64 log and exp of every
+    channel took ~40 µs at K = 16384 (H200), so there it only stores mean(c) and max c_λ in glob_ptr
+    and ``column_scale_finish_kernel`` spreads the rest over K / BK programs.
     prm = float64 [1-λ, λ, ½α, 1e-12] (scalar arguments would be float32)."""
     kk = tl.program_id(0) * BK + tl.arange(0, BK)
     mk = kk < K
@@ -458,11 +460,20 @@ def column_scale_kernel(x_ptr, stat_ptr, log_ptr, s_ptr, prm_ptr, lock_ptr, M, K
         half_alpha = tl.load(prm_ptr + 2)
         floor = tl.load(prm_ptr + 3)
         offs = tl.arange(0, FK)
-        if FK >= K:  # all K statistics in registers: one load, no sweeps (the latency is the cost)
+        if HELD:  # all K statistics in registers: one load, no sweeps (the latency is the cost)
             _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor, MODE)
         else:
-            _column_scale_swept(stat_ptr, log_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha,
-                                floor, MODE, FK)
+            tot = tl.zeros((FK,), tl.float64)
+            top = tl.zeros((FK,), tl.float64)  # c >= 0
+            for k0 in range(0, K, FK):
+                c = _channel_stat(stat_ptr, k0 + offs, k0 + offs < K, M, two_over_p, MODE)
+                tot += c
+                top = tl.maximum(top, c)
+            mean_c = tl.sum(tot, axis=0) / K
+            tl.store(glob_ptr, mean_c)
+            # max of c_λ without a sweep: (1-λ)c + λ·mean(c) rounds monotonically in c, so its largest
+            # value is the one of the largest c, bit for bit
+            tl.store(glob_ptr + 1, one_m_lam * tl.max(top, axis=0) + lam * mean_c)
         tl.atomic_xchg(lock_ptr, 0)  # ready for the next call (and for a CUDA graph's replays)
 
 
@@ -479,31 +490,37 @@ def _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, 
 
 
 @triton.jit
-def _column_scale_swept(stat_ptr, log_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, half_alpha, floor,
-                        MODE: tl.constexpr, FK: tl.constexpr):
-    tot = tl.zeros((FK,), tl.float64)
-    top = tl.zeros((FK,), tl.float64)  # c >= 0
-    for k0 in range(0, K, FK):
-        c = _channel_stat(stat_ptr, k0 + offs, k0 + offs < K, M, two_over_p, MODE)
-        tot += c
-        top = tl.maximum(top, c)
-    mean_c = tl.sum(tot, axis=0) / K
-    # max of c_λ without a sweep: (1-λ)c + λ·mean(c) rounds monotonically in c, so its largest value
-    # is the one of the largest c, bit for bit
-    peak = one_m_lam * tl.max(top, axis=0) + lam * mean_c
-    log_tot = tl.zeros((FK,), tl.float64)
-    for k0 in range(0, K, FK):
-        fk = k0 + offs
-        c_lam = one_m_lam * _channel_stat(stat_ptr, fk, fk < K, M, two_over_p, MODE) + lam * mean_c
-        c_lam = tl.where(peak > 0, tl.maximum(c_lam, peak * floor), 1.0)
-        log_s = tl.where(fk < K, half_alpha * tl.log(c_lam), 0.0)
-        tl.store(log_ptr + fk, log_s, mask=fk < K)
-        log_tot += log_s
-    mean_log = tl.sum(log_tot, axis=0) / K
-    for k0 in range(0, K, FK):
-        fk = k0 + offs
-        log_s = tl.load(log_ptr + fk, mask=fk < K, other=0.0)
-        tl.store(s_ptr + fk, tl.exp(log_s - mean_log).to(tl.float32), mask=fk < K)
+def column_scale_finish_kernel(stat_ptr, glob_ptr, prm_ptr, u_ptr, part_ptr, lock_ptr, s_ptr, M, K, two_over_p,
+                               MODE: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr):
+    """The wide-layer half of ``column_scale_kernel``: each program forms log_s and u = exp(log_s)
+    (float64) for its BK channels and stores its Σ log_s; the last to arrive adds those sums in
+    program order and writes s = u · exp(-mean(log_s)), a multiply a channel instead of a float64
+    exp. exp(a)·exp(-b) and exp(a - b) differ in the last float64 bits only, far below float32's."""
+    one_m_lam = tl.load(prm_ptr)
+    lam = tl.load(prm_ptr + 1)
+    half_alpha = tl.load(prm_ptr + 2)
+    floor = tl.load(prm_ptr + 3)
+    mean_c = tl.load(glob_ptr)
+    peak = tl.load(glob_ptr + 1)
+    kk = tl.program_id(0) * BK + tl.arange(0, BK)
+    mk = kk < K
+    c_lam = one_m_lam * _channel_stat(stat_ptr, kk, mk, M, two_over_p, MODE) + lam * mean_c
+    c_lam = tl.where(peak > 0, tl.maximum(c_lam, peak * floor), 1.0)
+    log_s = tl.where(mk, half_alpha * tl.log(c_lam), 0.0)
+    tl.store(u_ptr + kk, tl.exp(log_s), mask=mk)
+    tl.store(part_ptr + tl.program_id(0), tl.sum(log_s, axis=0))
+    n = tl.num_programs(0)
+    if tl.atomic_add(lock_ptr, 1, sem="acq_rel") == n - 1:
+        offs = tl.arange(0, FK)
+        tot = tl.zeros((FK,), tl.float64)
+        for i0 in range(0, n, FK):
+            tot += tl.load(part_ptr + i0 + offs, mask=i0 + offs < n, other=0.0)
+        g = tl.exp(-(tl.sum(tot, axis=0) / K))
+        for k0 in range(0, K, FK):
+            fk = k0 + offs
+            u = tl.load(u_ptr + fk, mask=fk < K, other=0.0)
+            tl.store(s_ptr + fk, (u * g).to(tl.float32), mask=fk < K)
+        tl.atomic_xchg(lock_ptr, 0)
 
 
 # ---- M = 1: one launch, split-K reduced in the kernel ------------------------------------------
