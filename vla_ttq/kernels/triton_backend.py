@@ -62,7 +62,7 @@ QUANTIZE_TILE = (32, 1, 1)
 # against 92.9; scripts/qdq_tiles.py)
 QDQ_TILE = (64, 1, 2)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
-# (device, stream, kind, size) -> buffers, never freed (see _gemv1_buffers, _counter)
+# (device, stream, kind, size) -> buffers, never freed (see _stream_buffer)
 _GEMV1_BUFFERS: dict[tuple, object] = {}
 MAGIC = 0x4B000000  # float 2^23: OR-ing a code into its low mantissa bits gives 2^23 + code
 _PARAM_MIN = {torch.float16: torch.finfo(torch.float16).smallest_normal,
@@ -223,24 +223,27 @@ def _code_centre(bits: int) -> int:
     return sum((1 << (w - 1)) << off for off, w in slice_widths(bits))
 
 
+def _stream_buffer(device: torch.device, key: tuple, make):
+    """``make()``'s result kept per (device, current stream) and ``key``, never freed: a CUDA graph
+    that captured a launch holds its addresses, and two streams running at once must not share
+    counters or workspaces that the kernels' last programs reset."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    full = (device, stream) + key
+    if full not in _GEMV1_BUFFERS:
+        _GEMV1_BUFFERS[full] = make()
+    return _GEMV1_BUFFERS[full]
+
+
 def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2, rows: int = 1) -> tuple:
     """Split-K workspace ws (rows·N,) fp32, lock counters (N,) int32 and the low-rank workspace tws
     (``tws_numel`` fp32: rows·BR per column block), all zero between calls (the kernel's last
-    programs reset them), and an x / cs scratch of ``xs_numel`` fp32.
-
-    Kept per (device, stream) and size, never freed: a CUDA graph that captured a launch holds
-    their addresses, and two streams running at once must not share counters."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-
-    def cached(key, make):
-        if (device, stream) + key not in _GEMV1_BUFFERS:
-            _GEMV1_BUFFERS[(device, stream) + key] = make()
-        return _GEMV1_BUFFERS[(device, stream) + key]
-
-    ws, lock = cached(("ws", N, rows), lambda: (torch.zeros(rows * N, device=device, dtype=torch.float32),
-                                                torch.zeros(N, device=device, dtype=torch.int32)))
-    xs = cached(("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
-    return ws, lock, xs, cached(("tws", tws_numel), lambda: torch.zeros(tws_numel, device=device, dtype=torch.float32))
+    programs reset them), and an x / cs scratch of ``xs_numel`` fp32 (``_stream_buffer``)."""
+    ws, lock = _stream_buffer(device, ("ws", N, rows), lambda: (
+        torch.zeros(rows * N, device=device, dtype=torch.float32), torch.zeros(N, device=device, dtype=torch.int32)))
+    xs = _stream_buffer(device, ("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
+    tws = _stream_buffer(device, ("tws", tws_numel),
+                         lambda: torch.zeros(tws_numel, device=device, dtype=torch.float32))
+    return ws, lock, xs, tws
 
 
 def _gemv1_scratch_size(K: int, group: int, blocks: int, rows: int = 1) -> tuple[int, int]:
@@ -574,10 +577,5 @@ def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float
 
 
 def _counter(device: torch.device, name: str) -> torch.Tensor:
-    """A zeroed int32 counter per (device, stream) for kernels whose last program resets it; never
-    freed (a captured CUDA graph keeps its address)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, name)
-    if key not in _GEMV1_BUFFERS:
-        _GEMV1_BUFFERS[key] = torch.zeros(1, device=device, dtype=torch.int32)
-    return _GEMV1_BUFFERS[key]
+    """A zeroed int32 counter for kernels whose last program resets it (``_stream_buffer``)."""
+    return _stream_buffer(device, (name,), lambda: torch.zeros(1, device=device, dtype=torch.int32))
