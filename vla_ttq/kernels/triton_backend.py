@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..quant.packing import PackedWeight
+from ..quant.scaling import check_scale_params
 from .layout import PlanarPackedWeight, check_planar_shape, slice_widths
 
 PATHS = ("gemv", "dot", "dequant")
@@ -541,10 +542,7 @@ def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float
     torch ops. The sums run in another order than torch's, so s can differ from the reference in the
     last bits."""
     tk = _tk()
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"shrinkage lambda must be in [0, 1], got {lam}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    check_scale_params(lam, alpha)
     if not p > 0:
         raise ValueError(f"the statistic's p must be > 0, got {p}")
     K = x.shape[-1]

@@ -42,16 +42,21 @@ def channel_stat(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return x2.abs().pow(p).mean(dim=0) ** (2.0 / p)
 
 
+def check_scale_params(lam: float, alpha: float) -> None:
+    """The shrinkage λ and exponent α of D, checked by every implementation of ``column_scale``."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"shrinkage lambda must be in [0, 1], got {lam}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+
+
 def column_scale(c: torch.Tensor, lam: float, alpha: float) -> torch.Tensor:
     """``s = D^½`` with ``D = ((1-λ) c + λ mean(c))^α``, float32, geometric mean 1.
 
     Channels with zero statistics (dead inputs) are floored at 1e-12 of the largest statistic
     instead of 0, which would divide by zero; an all-zero input gives all-ones (plain RTN).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"shrinkage lambda must be in [0, 1], got {lam}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    check_scale_params(lam, alpha)
     c = c.double()
     c_lam = (1.0 - lam) * c + lam * c.mean()
     peak = c_lam.max()
