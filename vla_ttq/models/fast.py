@@ -230,10 +230,9 @@ class _Group:
         m, backend, weight, lowrank = self.ttq
 
         def one(xi: torch.Tensor, slot: int) -> torch.Tensor:
-            m._check_input(xi)
-            for p in self.parts:
+            s = m.calibration_scale(xi, backend)
+            for p in self.parts[1:]:  # the others are calibrated by the same s
                 p.module.calibrations += 1
-            s = m._column_scale(xi, backend)
             return kernels.online_matmul(xi, weight, s, lowrank, None, *m._qargs(), backend=backend)
 
         return m.per_slot(x, one)

@@ -152,16 +152,17 @@ class TTQLinear(nn.Module):
                                cfg.symmetric, cfg.nu, check=False, param_dtype=SCALE_DTYPES[cfg.scale_dtype])
         return q.dequantize(), s
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def calibration_scale(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        """One calibration's start: the input checked (when configured), counted, and s = D(x)^½."""
         if self.cfg.check_finite:
             check_finite(x, "activation", self.name)
+        self.calibrations += 1
+        return self._column_scale(x, backend)
 
     def _calibrate(self, x: torch.Tensor, backend: str) -> tuple[PackedWeight, torch.Tensor]:
-        self._check_input(x)
-        s = self._column_scale(x, backend)
+        s = self.calibration_scale(x, backend)
         packed = kernels.quantize_pack(self.master_weight(x.device), s, *self._qargs(), backend=backend,
                                        lowrank=self.lowrank)
-        self.calibrations += 1
         return packed, s
 
     def _forward_one(self, x: torch.Tensor, slot: int, backend: str) -> torch.Tensor:
@@ -171,9 +172,7 @@ class TTQLinear(nn.Module):
             packed, s = self._cache[slot]
             return kernels.quant_matmul(x, packed, s, self.lowrank, self.bias, backend=backend)
         # per call: the backend may quantize and multiply in one go (no packed codes kept)
-        self._check_input(x)
-        s = self._column_scale(x, backend)
-        self.calibrations += 1
+        s = self.calibration_scale(x, backend)
         return kernels.online_matmul(x, self.master_weight(x.device), s, self.lowrank, self.bias, *self._qargs(),
                                      backend=backend)
 
