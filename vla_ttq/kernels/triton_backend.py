@@ -555,11 +555,12 @@ def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float
     key = (dev, float(lam), float(alpha))
     if key not in _SCALE_PARAMS:
         _SCALE_PARAMS[key] = torch.tensor([1.0 - lam, lam, 0.5 * alpha, 1e-12], dtype=torch.float64, device=dev)
+    held = K <= SCALE_HELD_MAX_K
     stat = torch.empty(K, device=dev, dtype=torch.float32)
-    glob = torch.empty(2, device=dev, dtype=torch.float64)  # mean(c), max c_λ (wide layers)
+    # mean(c), max c_λ for the second launch (wide layers only; a held launch never reads it)
+    glob = stat if held else torch.empty(2, device=dev, dtype=torch.float64)
     s = torch.empty(K, device=dev, dtype=torch.float32)
     bk = 64 if K >= 64 * _num_sms(dev) else 32
-    held = K <= SCALE_HELD_MAX_K
     args = (float(p) if mode == 2 else 2.0, 2.0 / p if mode == 2 else 1.0)
     tk.column_scale_kernel[(math.ceil(K / bk),)](
         x2, stat, glob, s, _SCALE_PARAMS[key], _counter(dev, "column_scale"), M, K, *args,
