@@ -239,8 +239,10 @@ def test_tensor_core_tiles_are_deep_enough_for_tl_dot_in_every_slice(bits, group
 
     wmin = min(w for _, w in slice_widths(bits))
     for M in (17, 64):
-        for _, _, gt, _, _ in triton_backend._candidates(bits, group, K, 40, M, 132):
-            assert gt * group * wmin // 32 >= 16, (gt, group, wmin)
+        for cfg in triton_backend._candidates(bits, group, K, 40, M, 132):
+            if len(cfg) == 5:  # the weight-as-left-operand kernel's dots are a whole group deep (>= 32)
+                gt = cfg[2]
+                assert gt * group * wmin // 32 >= 16, (gt, group, wmin)
 
 
 def test_every_tensor_core_tile_candidate_computes_the_same_function():
@@ -256,6 +258,70 @@ def test_every_tensor_core_tile_candidate_computes_the_same_function():
         out = torch.full((M, N), float("nan"), device=DEV, dtype=XDTYPE)  # poisoned: every element must be written
         triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out)
         assert rel_err(out, ref) < TOL, cfg
+
+
+WA_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])  # the interpreter has no bf16 arithmetic
+
+
+@pytest.mark.parametrize("dtype", WA_DTYPES)
+@pytest.mark.parametrize("bits, group, M, gt, split, rank", [(2, 64, 5, 1, 1, 0), (2, 32, 17, 1, 3, 16),
+                                                             (3, 64, 9, 2, 2, 0), (4, 128, 16, 2, 1, 8),
+                                                             (8, 64, 6, 1, 2, 0), (1, 64, 3, 1, 1, 0)])
+def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, split, rank):
+    """quant_matmul_wa_kernel: 16-bit codes made by OR-ing them into a float's mantissa (a plain
+    conversion for 8-bit codes in bf16), one dot per group and slice, S and Z applied to each
+    group's sum, 2^e·Σx' taken back out; split-K partials or the fused epilogue; N not a multiple
+    of the tile, M rows padded, and 3 groups for steps of 2 (the last step half past the layer)."""
+    N, K = 80, 3 * group
+    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
+    x, cs, bias = rand(M, K).to(dtype), col_scale(K), rand(N).to(dtype)
+    lowrank = (rand(N, rank, scale=0.1).to(dtype), rand(rank, K, scale=0.1).to(dtype)) if rank else None
+    ref = ref_matmul(x, packed, cs, lowrank, bias)
+    out = torch.full((M, N), float("nan"), device=DEV, dtype=dtype)  # poisoned: every element must be written
+    triton_backend._launch((16, 64, gt, split, 4, 2), x, cs.float(), packed, lowrank, bias, out)
+    assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
+
+
+def test_weight_as_left_operand_gemm_leads_where_run_11_measured_it_faster():
+    """The heuristic tile is the new kernel's on the large layers at W2 from 5 tokens (H200 run 11,
+    Gemma-2B gate/up and down); elsewhere it is only a candidate for the autotuner."""
+    first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
+    assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
+    assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
+    assert first(2, 16, 2048, 16384) == (16, 256, 1, 17, 4, 3)  # 1 program an SM above 8 tokens
+    assert first(2, 64, 16384, 2048) == (64, 128, 1, 2, 4, 3)  # 2 splits, not 3 (rounded down)
+    assert first(2, 64, 2048, 16384) == (64, 128, 1, 16, 4, 3)
+    for bits, M, N, K in [(4, 8, 16384, 2048), (4, 32, 16384, 2048), (2, 8, 2048, 2048), (3, 8, 16384, 2048)]:
+        assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
+        assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
+
+
+def test_weight_as_left_operand_tile_runs_the_dequantizing_kernel_for_fp32_activations(monkeypatch):
+    """fp32 activations keep their ieee fp32 dot: a 6-tuple tile launches quant_matmul_kernel, as
+    deep as that kernel's tl.dot needs (one W2 group of 64 is only 4 word rows; a GPU rejects K < 16)."""
+    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(64, 256), None, 2, 64))
+    x = rand(5, 256).float()
+    launched = []
+    for name in ("quant_matmul_kernel", "quant_matmul_wa_kernel"):
+        kernel = getattr(triton_backend._tk(), name)
+        monkeypatch.setattr(triton_backend._tk(), name, _Recording(kernel, name, launched))
+    out = torch.empty(5, 64, device=DEV)
+    triton_backend._launch((16, 64, 1, 1, 4, 2), x, None, packed, None, None, out)
+    assert launched == [("quant_matmul_kernel", 4)]  # 4 groups of 4 W2 word rows: 16
+    assert rel_err(out, ref_matmul(x, packed)) < TOL
+
+
+class _Recording:
+    """A kernel stand-in that records its name and groups per tile (GT), then launches the real kernel."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append((self.name, kwargs["GT"]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 def _gemv1_buffer_keys(device, N, rows, tws_numel):
@@ -438,12 +504,14 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"
-    # the GEMM's reach depends on the width (H200 run 9 crossover): W2 to 16 tokens, W4 to 48,
-    # and never at widths of several slices (3 bits: 3-5x slower than dequantize + cuBLAS)
-    assert triton_backend.path_for(16, 16384, 2048, 2) == "dot"
-    assert triton_backend.path_for(24, 16384, 2048, 2) == "dequant"
+    # the GEMMs' reach depends on the width: W2 to 64 tokens on the large layers since the
+    # weight-as-left-operand kernel (H200 run 11), W4 to 48 (run 9), and never at widths of several
+    # slices (3 bits: 3-5x slower than dequantize + cuBLAS, run 9)
+    assert triton_backend.path_for(64, 16384, 2048, 2) == "dot"
+    assert triton_backend.path_for(65, 16384, 2048, 2) == "dequant"
     assert triton_backend.path_for(48, 16384, 2048, 4) == "dot"
     assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"
+    assert triton_backend.path_for(24, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"
     with pytest.raises(ValueError, match="at most"):

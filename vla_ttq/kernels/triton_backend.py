@@ -45,12 +45,15 @@ PATHS = ("gemv", "dot", "dequant")
 GEMV_MAX_M = 4
 GEMV_ROWS_MIN_NK = 4 << 20  # 3-4 tokens take the GEMV from ~4M weights (H200 run 8: below, the GEMM won by ~0.8 µs)
 DOT_ANY_LAYER_MAX_M = 8
-# Largest M at which the tensor-core GEMM still beat dequantize + cuBLAS on the large layers (H200,
-# run 9, scripts/path_crossover.py; docs/kernels.md): W2 up to 16 (gate/up M = 24: 44.9 vs 43.1 µs),
-# W4 up to 48 (gate/up M = 48: 38.1 vs 44.8; M = 64: Qwen3-8B q 27.7 vs 22.2). Until run 9 it was
-# 64 for every width.
-DOT_MAX_M = {2: 16, 4: 48}
+# Largest M at which a tensor-core GEMM beats dequantize + cuBLAS on the large layers. Run 9 (H200,
+# scripts/path_crossover.py) set W2 16 and W4 48 for the dequantizing GEMM (gate/up M = 48: 38.1 vs
+# 44.8 µs). Since run 11 the weight-as-left-operand GEMM leads at W2 from 5 tokens, and won or tied
+# up to 64 (H200, scripts/wa_gemm.py: gate/up W2 M = 32 23.8 vs 43.2 µs, M = 64 36.1-39.8 vs 43.8;
+# down M = 32 29.0 vs 44.5, M = 64 42.5-45.6 vs 45.6; docs/kernels.md). At W4 it did not win reliably.
+DOT_MAX_M = {2: 64, 4: 48}
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
+WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weight-as-left-operand GEMM's candidates
+WA_FIRST_MIN_M = {2: 5}  # from here on that kernel's heuristic tile comes first on the large layers
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
@@ -140,10 +143,9 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
     """(BM, BN, GT, split, num_warps) candidates of the tensor-core GEMM; the first one is the
     heuristic's choice."""
     G = K // group
-    wmin = min(w for _, w in slice_widths(bits))
     out = []
     bm = min(64, max(16, _next_pow2(M)))
-    gt_min = max(1, 512 // (group * wmin))  # every slice's tile needs >= 16 word rows (tl.dot's K)
+    gt_min = _gt_min(bits, group)
     shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
               (bm, 64, 2 * gt_min, 4, (2,))]
     if bits == 2 and bm == 16:
@@ -154,14 +156,38 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
         bn = min(bn, max(16, _next_pow2(N)))
         # no deeper than the layer, except where tl.dot needs the depth (rows past G are masked)
         gt = max(min(gt, _next_pow2(G)), gt_min)
-        k_tiles = math.ceil(G / gt)
-        programs = math.ceil(N / bn) * math.ceil(M / bm_)
         for waves in waves_list:  # aim at this many programs per SM (split-K fills the rest)
-            split = max(1, min(k_tiles, math.ceil(waves * sms / programs)))
-            cfg = (bm_, bn, gt, split, warps)
+            cfg = (bm_, bn, gt, _split(G, gt, N, bn, M, bm_, waves, sms), warps)
             if cfg not in out:
                 out.append(cfg)
-    return out
+    # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
+    wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
+    if M >= WA_FIRST_MIN_M.get(bits, 1 << 30) and N * K >= DOT_MIN_NK:
+        return [_wa_heuristic(M, N, G, sms)] + out + wa
+    return out + wa
+
+
+def _wa_heuristic(M: int, N: int, G: int, sms: int) -> tuple:
+    """The weight-as-left-operand kernel's tile for a large layer (H200 run 11, scripts/wa_gemm.py,
+    W2 on Gemma-2B gate/up and down: the best tile or within 1 µs of it): 256 columns up to 32
+    tokens, with split-K for 2 programs an SM up to 8 tokens and 1 above; at 33-64 tokens 128
+    columns and as close to 2 programs an SM as rounding down allows (gate/up: 2 splits, 36.1 µs,
+    where 3 took 45.6)."""
+    bm = min(64, max(16, _next_pow2(M)))
+    if bm == 64:
+        return bm, 128, 1, max(1, min(G, 2 * sms // math.ceil(N / 128))), 4, 3
+    return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 8 else 1, sms), 4, 3
+
+
+def _gt_min(bits: int, group: int) -> int:
+    """Fewest groups in a tile of the dequantizing GEMM: every slice needs >= 16 word rows (tl.dot's K)."""
+    return max(1, 512 // (group * min(w for _, w in slice_widths(bits))))
+
+
+def _split(G: int, gt: int, N: int, bn: int, M: int, bm: int, waves: int, sms: int) -> int:
+    """K splits that bring the grid to ``waves`` programs per SM (at most one per K tile)."""
+    programs = math.ceil(N / bn) * math.ceil(M / bm)
+    return max(1, min(math.ceil(G / gt), math.ceil(waves * sms / programs)))
 
 
 def _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot: bool = False) -> tuple[list, int, dict]:
@@ -280,10 +306,27 @@ def _launch_gemv1(cfg, x2, cs, packed, lowrank, bias, out):
     return out
 
 
+def _shift_table(device: torch.device) -> torch.Tensor:
+    """0, 1, ..., 31 as int32: field i of a word sits at bit i·w (see ``_group_codes``)."""
+    return _stream_buffer(device, ("shift_table",), lambda: torch.arange(32, device=device, dtype=torch.int32))
+
+
+def _magic(bits: int, dtype: torch.dtype) -> tuple[int, float]:
+    """(bit pattern, value) of the float whose low mantissa bits take a code exactly: 1024 in fp16
+    (codes < 2^10), 128 in bf16 (codes < 2^7; 8-bit slices get a plain conversion)."""
+    widest = max(w for _, w in slice_widths(bits))
+    if dtype == torch.float16:
+        return 0x6400, 1024.0
+    return (0x4300, 128.0) if widest < 8 else (0, 0.0)
+
+
 def _launch(cfg, x2, cs, packed, lowrank, bias, out):
-    """The split-K tensor-core kernel (+ reduce_kernel when K is split); ``lowrank`` = (B, A) or None."""
+    """The split-K tensor-core kernel (+ reduce_kernel when K is split); ``lowrank`` = (B, A) or None.
+    A 6-tuple cfg (..., stages) runs the weight-as-left-operand kernel."""
     tk = _tk()
-    bm, bn, gt, split, warps = cfg
+    bm, bn, gt, split, warps = cfg[:5]
+    wa = len(cfg) == 6 and x2.dtype != torch.float32  # fp32 activations keep the dequantizing kernel's ieee dot
+    gt = gt if wa else max(gt, _gt_min(packed.bits, packed.group))
     M, K = x2.shape
     N = packed.shape[0]
     G = K // packed.group
@@ -297,12 +340,17 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
     tpart = torch.empty((split, M, common["BR"]), device=x2.device, dtype=torch.float32) if partial and R else x2
     grid = (math.ceil(N / bn), split, math.ceil(M / bm))
-    tk.quant_matmul_kernel[grid](
-        x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart,
+    kernel, args, extra = tk.quant_matmul_kernel, (), {}
+    if wa:
+        magic, magic_value = _magic(packed.bits, x2.dtype)
+        kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device),)
+        extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5])
+    kernel[grid](
+        x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart, *args,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
         W0=sl["W0"], W1=sl["W1"], W2=sl["W2"], OFF1=sl["OFF1"], OFF2=sl["OFF2"], GROUP=packed.group, GT=gt,
         BM=bm, BN=bn, DOT_DTYPE=_tl_dtype(x2.dtype), HAS_CS=cs is not None, PARTIAL=partial,
-        num_warps=warps, **common,
+        num_warps=warps, **common, **extra,
     )
     if partial:
         rbm, rbn = min(16, _next_pow2(M)), 128

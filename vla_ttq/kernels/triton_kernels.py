@@ -148,13 +148,24 @@ def quant_matmul_kernel(
         if W2 > 0:
             acc = _dot_slice(acc, x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, g0, G, N, K,
                              row2, 1 << OFF2, W2, GROUP, GT, HAS_CS, False, DOT_DTYPE)
+    _matmul_tail(acc, x_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, pid_k,
+                 M, N, K, R, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), BM, BR, DOT_DTYPE, PARTIAL, HAS_BIAS,
+                 HAS_LR)
+
+
+@triton.jit
+def _matmul_tail(acc, x_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, pid_k,
+                 M, N, K, R, k0, k1, BM: tl.constexpr, BR: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr):
+    """What a GEMM program does with its (BM, BN) sum over input channels [k0, k1): PARTIAL: store
+    it to the fp32 partials for ``reduce_kernel`` (and, in the first column of programs, this K
+    range's part of t = x Aᵀ); else add bias and the low-rank term and store y."""
     omask = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:
         tl.store(out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=omask)
         if HAS_LR:
             if pid_n == 0:
-                lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), K, R,
-                                  BM, BR, DOT_DTYPE)
+                lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM, BR, DOT_DTYPE)
                 r = tl.arange(0, BR)
                 tl.store(tpart_ptr + (pid_k * M + offs_m[:, None]) * BR + r[None, :], lr_t, mask=mask_m[:, None])
     else:
@@ -163,6 +174,93 @@ def quant_matmul_kernel(
             lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, 0, K, K, R, BM, BR, DOT_DTYPE)
         acc = _epilogue(acc, offs_n, mask_n, bias_ptr, lr_t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _group_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, row0, WBITS: tl.constexpr, GROUP: tl.constexpr,
+                 BN: tl.constexpr, DOT_DTYPE: tl.constexpr, MAGIC: tl.constexpr):
+    """(BN, GROUP) codes of one slice of group g as 16-bit floats, for the left operand of tl.dot.
+    The (BN, WG) words are expanded to (BN, CPW, WG) by shifting and reshaped: position i·WG + j
+    is field i of word row j, which is channel i·WG + j (layout.py), so x is read in order. The
+    shifts come from a table in memory (i·WBITS = shift_ptr[i]·WBITS) rather than tl.arange: then
+    every op from the words' load to the dot is elementwise or a view, and Triton makes the codes
+    in the tensor cores' register layout, moving only the words between threads. MAGIC: codes
+    become floats by OR-ing them into the mantissa of 2^e (0x4300 = 128 in bf16, 0x6400 = 1024 in
+    fp16), giving 2^e + c; 0: a plain int-to-float conversion, giving c."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    CPW: tl.constexpr = 32 // WBITS
+    j = tl.arange(0, WG)
+    words = tl.load(w_ptr + (row0 + g * WG + j)[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0)
+    shift = tl.load(shift_ptr + tl.arange(0, CPW)) * WBITS
+    codes = tl.reshape((words[:, None, :] >> shift[None, :, None]) & ((1 << WBITS) - 1), (BN, GROUP))
+    if MAGIC != 0:
+        return (codes | MAGIC).to(tl.int16).to(DOT_DTYPE, bitcast=True)
+    return codes.to(DOT_DTYPE)
+
+
+@triton.jit
+def _group_x(x_ptr, cs_ptr, offs_m, mask_m, g, K, GROUP: tl.constexpr, HAS_CS: tl.constexpr,
+             DOT_DTYPE: tl.constexpr):
+    """(GROUP, BM) x' = x/cs of group g's channels, rounded to the dot's dtype, and (BM,) Σx' of
+    the rounded values (those the dot multiplies: 2^e·Σx' then cancels exactly)."""
+    k = g * GROUP + tl.arange(0, GROUP)
+    xv = tl.load(x_ptr + offs_m[None, :] * K + k[:, None], mask=mask_m[None, :], other=0.0).to(tl.float32)
+    if HAS_CS:
+        xv = tl.fdiv(xv, tl.load(cs_ptr + k, mask=k < K, other=1.0)[:, None])
+    xr = xv.to(DOT_DTYPE)
+    return xr, tl.sum(xr.to(tl.float32), axis=0)
+
+
+@triton.jit
+def quant_matmul_wa_kernel(
+    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, shift_ptr,
+    M, N, K, G, row1, row2, tiles_per_split, R,
+    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
+    GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_LR: tl.constexpr, MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, STAGES: tl.constexpr,
+):
+    """The split-K GEMM with the weight as the left operand ("swap AB"): each program sums a
+    (BN, BM) block of yᵀ, so the output features fill the tensor cores' 64-row side and the few
+    tokens their narrow side, and the dequantized codes can stay in registers. Scales are applied
+    once per group to the group's dot (acc += S·(codes·x') + Z·Σx'), not to every code. Grid and
+    partials as ``quant_matmul_kernel``; GT groups per loop step."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    t0 = pid_k * tiles_per_split
+    t1 = tl.minimum(t0 + tiles_per_split, tl.cdiv(G, GT))
+    # Σ over slices of 2^offset: the magic offset's share of every code, taken out with Σx'
+    OFFSETS: tl.constexpr = 1 + (1 << OFF1 if W1 > 0 else 0) + (1 << OFF2 if W2 > 0 else 0)
+    acc = tl.zeros((BN, BM), tl.float32)
+    for t in tl.range(t0, t1, num_stages=STAGES):
+        for u in tl.static_range(GT):
+            g = t * GT + u
+            # a last step of GT groups may run past the layer: those groups read as zero (compared
+            # as tensors: the interpreter rejects a mask made with a scalar comparison)
+            mask_g = mask_n & (offs_n * 0 + g < G)
+            a = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, 0, W0, GROUP, BN, DOT_DTYPE, MAGIC)
+            xr, xsum = _group_x(x_ptr, cs_ptr, offs_m, mask_m & (offs_m * 0 + g < G), g, K, GROUP, HAS_CS,
+                                DOT_DTYPE)
+            d = tl.dot(a, xr)
+            if W1 > 0:
+                a1 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row1, W1, GROUP, BN, DOT_DTYPE, MAGIC)
+                d += tl.dot(a1, xr) * (1 << OFF1)
+            if W2 > 0:
+                a2 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row2, W2, GROUP, BN, DOT_DTYPE, MAGIC)
+                d += tl.dot(a2, xr) * (1 << OFF2)
+            scale = tl.load(s_ptr + g * N + offs_n, mask=mask_g, other=0.0).to(tl.float32)
+            zero = tl.load(z_ptr + g * N + offs_n, mask=mask_g, other=0.0).to(tl.float32)
+            if MAGIC != 0:
+                zero -= scale * (MAGIC_VALUE * OFFSETS)
+            acc += scale[:, None] * d + zero[:, None] * xsum[None, :]
+    _matmul_tail(tl.trans(acc), x_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, offs_m, mask_m, offs_n, mask_n,
+                 pid_n, pid_k, M, N, K, R, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), BM, BR, DOT_DTYPE,
+                 PARTIAL, HAS_BIAS, HAS_LR)
 
 
 @triton.jit
