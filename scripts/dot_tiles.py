@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
 LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384)}
 
@@ -28,54 +28,47 @@ def main() -> None:
     l2 = l2_bytes()
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
-    for name, (N, K) in LAYERS.items():
-        g = torch.Generator(device="cuda").manual_seed(N + K)
-        w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-        cs = torch.rand(K, device="cuda", generator=g) + 0.5
-        wcopies = rotating_copies(w, N * K * 2, l2)
-        for bits in (4, 2):
-            packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = rotating_copies(packed, N * K * bits // 8, l2)
-            wref = reference.effective_weight(packed, cs).double()
-            gt_min = max(1, 512 // (64 * bits))
-            G = K // 64
-            for M in (8, 16, 32):
-                x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-                ref = x.double() @ wref.t()
-                out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-                bf16 = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-                heur = triton_backend._candidates(bits, 64, K, N, M, sms)[0]
-                cfgs = [heur]
-                bm = max(16, triton_backend._next_pow2(M))
-                for bn in (64, 128, 256):
-                    for gt in (gt_min, 2 * gt_min, 4 * gt_min, 8 * gt_min):
-                        for warps in (4, 8):
-                            k_tiles = math.ceil(G / gt)
-                            programs = math.ceil(N / bn)
-                            for waves in (1, 2, 4):
-                                split = max(1, min(k_tiles, math.ceil(waves * sms / programs)))
-                                cfg = (bm, bn, gt, split, warps)
-                                if cfg not in cfgs:
-                                    cfgs.append(cfg)
-                rows = []
-                for cfg in cfgs:
-                    row = dict(layer=name, bits=bits, M=M, cfg=cfg, bf16_us=bf16, heuristic=cfg == heur)
-                    try:
-                        triton_backend._launch(cfg, x, cs, packed, None, None, out)
-                        row["err"] = rel_err(out, ref)
-                        if row["err"] > 1e-2:
-                            raise AssertionError(f"wrong result: {row['err']:.2e}")
-                        row["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None,
-                                                                                            out) for p in copies])
-                    except Exception as e:  # a tile that fails is a finding
-                        row["error"] = f"{type(e).__name__}: {e}"[:200]
-                        row["us"] = float("inf")
-                    rows.append(row)
-                res["rows"] += rows
-                best = min(rows, key=lambda r: r["us"])
-                print(f"{name} W{bits} M={M}: bf16 {bf16:.1f}  heuristic {heur} {rows[0]['us']:.1f}  "
-                      f"best {best['cfg']} {best['us']:.1f}  ({len(rows)} tiles)", flush=True)
-                (args.out / "dot_tiles.json").write_text(json.dumps(res, indent=1))
+    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2):
+        wref = reference.effective_weight(packed, cs).double()
+        gt_min = max(1, 512 // (64 * bits))
+        G = K // 64
+        for M in (8, 16, 32):
+            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+            ref = x.double() @ wref.t()
+            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            bf16 = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
+            heur = next(c for c in triton_backend._candidates(bits, 64, K, N, M, sms) if len(c) == 5)
+            cfgs = [heur]
+            bm = max(16, triton_backend._next_pow2(M))
+            for bn in (64, 128, 256):
+                for gt in (gt_min, 2 * gt_min, 4 * gt_min, 8 * gt_min):
+                    for warps in (4, 8):
+                        k_tiles = math.ceil(G / gt)
+                        programs = math.ceil(N / bn)
+                        for waves in (1, 2, 4):
+                            split = max(1, min(k_tiles, math.ceil(waves * sms / programs)))
+                            cfg = (bm, bn, gt, split, warps)
+                            if cfg not in cfgs:
+                                cfgs.append(cfg)
+            rows = []
+            for cfg in cfgs:
+                row = dict(layer=name, bits=bits, M=M, cfg=cfg, bf16_us=bf16, heuristic=cfg == heur)
+                try:
+                    triton_backend._launch(cfg, x, cs, packed, None, None, out)
+                    row["err"] = rel_err(out, ref)
+                    if row["err"] > 1e-2:
+                        raise AssertionError(f"wrong result: {row['err']:.2e}")
+                    row["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None,
+                                                                                        out) for p in copies])
+                except Exception as e:  # a tile that fails is a finding
+                    row["error"] = f"{type(e).__name__}: {e}"[:200]
+                    row["us"] = float("inf")
+                rows.append(row)
+            res["rows"] += rows
+            best = min(rows, key=lambda r: r["us"])
+            print(f"{name} W{bits} M={M}: bf16 {bf16:.1f}  heuristic {heur} {rows[0]['us']:.1f}  "
+                  f"best {best['cfg']} {best['us']:.1f}  ({len(rows)} tiles)", flush=True)
+            (args.out / "dot_tiles.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
 LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384), "q/o": (2048, 2048)}
 LAYERS = {k: LAYERS[k] for k in os.environ.get("WA_LAYERS", ",".join(LAYERS)).split(",")}
@@ -42,50 +42,43 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t_start = time.time()
-    for name, (N, K) in LAYERS.items():
-        g = torch.Generator(device="cuda").manual_seed(N + K)
-        w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-        cs = torch.rand(K, device="cuda", generator=g) + 0.5
-        wcopies = rotating_copies(w, N * K * 2, l2)
-        for bits in (4, 2):
-            packed = triton_backend.prepare(triton_backend.quantize_pack(w, cs, bits, 64))
-            copies = rotating_copies(packed, N * K * bits // 8, l2)
-            wref = reference.effective_weight(packed, cs).double()
-            for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
-                x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-                ref = x.double() @ wref.t()
-                out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-                row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
-                row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-                row["err_now"] = rel_err(triton_backend.quant_matmul(x, packed, cs), ref)
-                row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
-                cands = triton_backend._candidates(bits, 64, K, N, M, sms)
-                variants = [("dot", next(c for c in cands if len(c) == 5))]  # the dequantizing kernel's heuristic
-                variants += [("wa", c) for c in wa_cfgs(M, N, K, sms)]
-                row["tiles"] = []
-                for kind, cfg in variants:
-                    t = dict(kind=kind, cfg=cfg)
-                    try:
-                        triton_backend._launch(cfg, x, cs, packed, None, None, out)
-                        t["err"] = rel_err(out, ref)
-                        if t["err"] > 1e-2:
-                            raise AssertionError(f"wrong result: {t['err']:.2e}")
-                        t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out)
-                                                 for p in copies])
-                    except Exception as e:  # a tile that fails is a finding, not the end of the run
-                        t["error"] = f"{type(e).__name__}: {e}"[:300]
-                        t["us"] = float("inf")
-                    row["tiles"].append(t)
-                wa = [t for t in row["tiles"] if t["kind"] == "wa"]
-                best = min(wa, key=lambda t: t["us"])
-                row["wa_best_us"], row["wa_best_cfg"] = best["us"], best["cfg"]
-                row["wa_first_us"] = wa[0]["us"]
-                row["dot_us"] = row["tiles"][0]["us"]
-                res["rows"].append(row)
-                print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
-                      f"dot {row['dot_us']:6.1f}  wa first {row['wa_first_us']:6.1f} best {best['us']:6.1f} {best['cfg']} "
-                      f"err {best.get('err', float('nan')):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
-                (args.out / "wa_gemm.json").write_text(json.dumps(res, indent=1))
+    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2):
+        wref = reference.effective_weight(packed, cs).double()
+        for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
+            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+            ref = x.double() @ wref.t()
+            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
+            row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
+            row["err_now"] = rel_err(triton_backend.quant_matmul(x, packed, cs), ref)
+            row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
+            cands = triton_backend._candidates(bits, 64, K, N, M, sms)
+            variants = [("dot", next(c for c in cands if len(c) == 5))]  # the dequantizing kernel's heuristic
+            variants += [("wa", c) for c in wa_cfgs(M, N, K, sms)]
+            row["tiles"] = []
+            for kind, cfg in variants:
+                t = dict(kind=kind, cfg=cfg)
+                try:
+                    triton_backend._launch(cfg, x, cs, packed, None, None, out)
+                    t["err"] = rel_err(out, ref)
+                    if t["err"] > 1e-2:
+                        raise AssertionError(f"wrong result: {t['err']:.2e}")
+                    t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out)
+                                             for p in copies])
+                except Exception as e:  # a tile that fails is a finding, not the end of the run
+                    t["error"] = f"{type(e).__name__}: {e}"[:300]
+                    t["us"] = float("inf")
+                row["tiles"].append(t)
+            wa = [t for t in row["tiles"] if t["kind"] == "wa"]
+            best = min(wa, key=lambda t: t["us"])
+            row["wa_best_us"], row["wa_best_cfg"] = best["us"], best["cfg"]
+            row["wa_first_us"] = wa[0]["us"]
+            row["dot_us"] = row["tiles"][0]["us"]
+            res["rows"].append(row)
+            print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
+                  f"dot {row['dot_us']:6.1f}  wa first {row['wa_first_us']:6.1f} best {best['us']:6.1f} {best['cfg']} "
+                  f"err {best.get('err', float('nan')):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
+            (args.out / "wa_gemm.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -667,3 +667,17 @@ def test_gpu_scripts_share_one_argument_parser(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.script_args(argv=[])  # --out is required
     assert "--out" in capsys.readouterr().err
+
+
+def test_gpu_scripts_share_one_seeded_layer_setup():
+    from vla_ttq.kernels import bench
+
+    l2 = 3 * 64 * 128 * 2  # small enough that rotating copies are needed
+    rows = list(bench.script_layers({"a": (64, 128)}, (4, 2), l2, device=str(DEV)))
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("a", 64, 128, 4), ("a", 64, 128, 2)]
+    _, N, K, bits, _, w, cs, w_copies, packed, copies = rows[1]
+    assert rows[0][5] is w and w.dtype == torch.bfloat16 and len(w_copies) == bench.n_copies(N * K * 2, l2) > 1
+    assert isinstance(packed, PlanarPackedWeight) and packed.bits == 2 and len(copies) == bench.n_copies(N * K // 4, l2)
+    assert all(torch.equal(c.data, packed.data) for c in copies) and float(cs.min()) >= 0.5
+    again = next(bench.script_layers({"a": (64, 128)}, (4,), l2, device=str(DEV)))
+    assert torch.equal(again[5], w)  # seeded by the shape: reruns time the same weights

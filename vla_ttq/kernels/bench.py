@@ -116,6 +116,21 @@ def rotating_copies(first, nbytes: int, l2_bytes: int) -> list:
     return [first] + [first.clone() for _ in range(n_copies(nbytes, l2_bytes) - 1)]
 
 
+def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: int = 64):
+    """The layer setup the GPU scripts in scripts/ share: for each (N, K) a seeded generator, a bf16
+    weight (std 0.02), a column scale in [0.5, 1.5) and rotating bf16 copies; then for each width
+    the weight packed by the Triton backend with its rotating copies. Yields
+    (name, N, K, bits, generator, w, cs, w_copies, packed, packed_copies)."""
+    for name, (N, K) in layers.items():
+        g = torch.Generator(device=device).manual_seed(N + K)
+        w = (torch.randn(N, K, device=device, generator=g) * 0.02).to(torch.bfloat16)
+        cs = torch.rand(K, device=device, generator=g) + 0.5
+        w_copies = rotating_copies(w, N * K * 2, l2)
+        for bits in bits_list:
+            packed = triton_backend.quantize_pack(w, cs, bits, group)
+            yield name, N, K, bits, g, w, cs, w_copies, packed, rotating_copies(packed, N * K * bits // 8, l2)
+
+
 def script_args(doc: str | None = None, check: str | None = None, argv=None) -> argparse.Namespace:
     """Arguments of the GPU scripts in scripts/: ``--out DIR`` (created) and, with ``check`` (its
     help text), a ``--check`` flag for a small correctness-only run."""

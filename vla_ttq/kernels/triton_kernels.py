@@ -114,6 +114,19 @@ def _epilogue(acc, offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
+def _gemm_program(M, N, G, tiles_per_split, BM: tl.constexpr, BN: tl.constexpr, GT: tl.constexpr):
+    """This program's place in a split-K GEMM's (N tiles, K splits, M tiles) grid: its column and
+    row indices with their masks, and its range [t0, t1) of K tiles of GT groups."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = tl.program_id(2) * BM + tl.arange(0, BM)
+    t0 = pid_k * tiles_per_split
+    t1 = tl.minimum(t0 + tiles_per_split, tl.cdiv(G, GT))
+    return pid_n, pid_k, offs_n, offs_n < N, offs_m, offs_m < M, t0, t1
+
+
+@triton.jit
 def quant_matmul_kernel(
     x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr,
     M, N, K, G, row1, row2, tiles_per_split, R,
@@ -127,16 +140,7 @@ def quant_matmul_kernel(
     partial sums (SPLIT, M, N) for ``reduce_kernel``, and (HAS_LR) the first column of programs
     writes its K range's part of t = x Aᵀ (SPLIT, M, BR) to ``tpart``; else compute t over all of
     K, apply the epilogue and write y in out's dtype."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    mask_n = offs_n < N
-    mask_m = offs_m < M
-    n_tiles = tl.cdiv(G, GT)
-    t0 = pid_k * tiles_per_split
-    t1 = tl.minimum(t0 + tiles_per_split, n_tiles)
+    pid_n, pid_k, offs_n, mask_n, offs_m, mask_m, t0, t1 = _gemm_program(M, N, G, tiles_per_split, BM, BN, GT)
     acc = tl.zeros((BM, BN), tl.float32)
     for t in range(t0, t1):
         g0 = t * GT
@@ -225,15 +229,7 @@ def quant_matmul_wa_kernel(
     tokens their narrow side, and the dequantized codes can stay in registers. Scales are applied
     once per group to the group's dot (acc += S·(codes·x') + Z·Σx'), not to every code. Grid and
     partials as ``quant_matmul_kernel``; GT groups per loop step."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    mask_n = offs_n < N
-    mask_m = offs_m < M
-    t0 = pid_k * tiles_per_split
-    t1 = tl.minimum(t0 + tiles_per_split, tl.cdiv(G, GT))
+    pid_n, pid_k, offs_n, mask_n, offs_m, mask_m, t0, t1 = _gemm_program(M, N, G, tiles_per_split, BM, BN, GT)
     # Σ over slices of 2^offset: the magic offset's share of every code, taken out with Σx'
     OFFSETS: tl.constexpr = 1 + (1 << OFF1 if W1 > 0 else 0) + (1 << OFF2 if W2 > 0 else 0)
     acc = tl.zeros((BN, BM), tl.float32)
