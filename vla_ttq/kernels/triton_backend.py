@@ -9,8 +9,11 @@ Rule (by the number of tokens M = x.numel() / K):
   (gate/up W4 M = 2: 12.4 vs 23.5 µs, M = 4: 16.9 vs 23.4) and lost at M = 8 (29.0 vs 23.9);
   3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster there;
 * 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, and on large layers
-  (N*K >= DOT_MIN_NK): split-K tensor-core GEMM (dequantized tiles fed to tl.dot, rows past M
-  masked). Other widths never take it: at 3 bits it was 3-5x slower than dequantize + cuBLAS
+  (N*K >= DOT_MIN_NK): a split-K tensor-core GEMM. Two kernels: dequantized tiles fed to tl.dot
+  as the right operand (``quant_matmul_kernel``, rows past M masked), or, first at W2 from
+  WA_FIRST_MIN_M tokens on large layers (H200, run 11), the weight as the left operand with its
+  codes made in registers and S, Z applied per group (``quant_matmul_wa_kernel``: 6-tuple tiles;
+  fp32 activations run the first kernel). Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
   (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
   memory;
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
