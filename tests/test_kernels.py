@@ -266,7 +266,9 @@ WA_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])  # the interpre
 @pytest.mark.parametrize("dtype", WA_DTYPES)
 @pytest.mark.parametrize("bits, group, M, gt, split, rank", [(2, 64, 5, 1, 1, 0), (2, 32, 17, 1, 3, 16),
                                                              (3, 64, 9, 2, 2, 0), (4, 128, 16, 2, 1, 8),
-                                                             (8, 64, 6, 1, 2, 0), (1, 64, 3, 1, 1, 0)])
+                                                             (8, 64, 6, 1, 2, 0), (1, 64, 3, 1, 1, 0),
+                                                             (4, 64, 8, 1, 2, 0), (2, 128, 12, 2, 1, 0),
+                                                             (4, 32, 7, 1, 1, 0), (2, 256, 4, 1, 2, 0)])
 def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, split, rank):
     """quant_matmul_wa_kernel: 16-bit codes made by OR-ing them into a float's mantissa (a plain
     conversion for 8-bit codes in bf16), one dot per group and slice, S and Z applied to each
@@ -282,16 +284,35 @@ def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, 
     assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
 
 
-def test_weight_as_left_operand_gemm_leads_where_run_11_measured_it_faster():
-    """The heuristic tile is the new kernel's on the large layers at W2 from 5 tokens (H200 run 11,
-    Gemma-2B gate/up and down); elsewhere it is only a candidate for the autotuner."""
+@pytest.mark.parametrize("bits, group", [(2, 64), (2, 128), (2, 256), (4, 32), (4, 64), (4, 128)])
+def test_pair_order_puts_each_operand_pair_in_one_word_16_bits_apart(bits, group):
+    """pair_order: κ → channel is a permutation of the group; the channels of κ and κ+1 (κ even) are
+    fields of one word 16 bits apart, the lower at the listed shift of κ's (s, h); lane q of a quad
+    (κ // 2 % 4) reads only words j with j % 4 == q. Field i of word j is channel i·wg + j (layout)."""
+    shifts, channels = triton_backend.pair_order(bits, group)
+    wg = group * bits // 32
+    assert sorted(channels) == list(range(group))
+    for kappa in range(0, group, 2):
+        (i0, j0), (i1, j1) = [divmod(channels[kappa + e], wg) for e in (0, 1)]
+        s, h, q = kappa // 16, kappa // 8 % 2, kappa // 2 % 4
+        assert j0 == j1 and j0 % 4 == q, kappa
+        assert i0 * bits == shifts[2 * s + h] and i1 * bits == i0 * bits + 16, kappa
+    assert triton_backend.pair_order(2, 32) is None and triton_backend.pair_order(3, 64) is None
+
+
+def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_faster():
+    """The heuristic tile is the new kernel's on the large layers at W2 from 5 to 64 tokens (H200 run
+    11) and at W4 from 5 to 32 (run 12, with code pairs), Gemma-2B gate/up and down; elsewhere it is
+    only a candidate for the autotuner."""
     first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
     assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
     assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
     assert first(2, 16, 2048, 16384) == (16, 256, 1, 17, 4, 3)  # 1 program an SM above 8 tokens
     assert first(2, 64, 16384, 2048) == (64, 128, 1, 2, 4, 3)  # 2 splits, not 3 (rounded down)
     assert first(2, 64, 2048, 16384) == (64, 128, 1, 16, 4, 3)
-    for bits, M, N, K in [(4, 8, 16384, 2048), (4, 32, 16384, 2048), (2, 8, 2048, 2048), (3, 8, 16384, 2048)]:
+    assert first(4, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)
+    assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
+    for bits, M, N, K in [(4, 4, 16384, 2048), (4, 33, 16384, 2048), (2, 8, 2048, 2048), (3, 8, 16384, 2048)]:
         assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
         assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
 
@@ -311,15 +332,35 @@ def test_weight_as_left_operand_tile_runs_the_dequantizing_kernel_for_fp32_activ
     assert rel_err(out, ref_matmul(x, packed)) < TOL
 
 
-class _Recording:
-    """A kernel stand-in that records its name and groups per tile (GT), then launches the real kernel."""
+@pytest.mark.parametrize("bits, group, M, pairs", [(2, 64, 8, True), (4, 64, 32, True), (4, 64, 40, False),
+                                                   (2, 32, 8, False), (3, 64, 8, False)])
+def test_weight_as_left_operand_gemm_makes_code_pairs_where_they_won(monkeypatch, bits, group, M, pairs):
+    """Code pairs at 2 and 4 bits in tiles of up to PAIRS_MAX_BM tokens where pair_order has an order
+    (group·bits >= 128); per-code unpacking otherwise (64-token tiles: run 12). Either way float64's result."""
+    N, K = 48, 2 * group
+    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
+    x, cs = rand(M, K).to(torch.float16), col_scale(K)
+    launched = []
+    kernel = triton_backend._tk().quant_matmul_wa_kernel
+    monkeypatch.setattr(triton_backend._tk(), "quant_matmul_wa_kernel",
+                        _Recording(kernel, "wa", launched, key="PAIRS"))
+    out = torch.full((M, N), float("nan"), device=DEV, dtype=torch.float16)
+    bm = min(64, max(16, triton_backend._next_pow2(M)))
+    triton_backend._launch((bm, 64, 1, 2, 4, 2), x, cs.float(), packed, None, None, out)
+    assert launched == [("wa", pairs)]
+    assert rel_err(out, ref_matmul(x, packed, cs)) < (TOL if CUDA else 2e-3)
 
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
+
+class _Recording:
+    """A kernel stand-in that records its name and one constexpr (groups per tile, GT, unless told),
+    then launches the real kernel."""
+
+    def __init__(self, kernel, name, log, key="GT"):
+        self.kernel, self.name, self.log, self.key = kernel, name, log, key
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.log.append((self.name, kwargs["GT"]))
+            self.log.append((self.name, kwargs[self.key]))
             return self.kernel[grid](*args, **kwargs)
         return launch
 

@@ -10,10 +10,11 @@ Rule (by the number of tokens M = x.numel() / K):
   3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster there;
 * 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, and on large layers
   (N*K >= DOT_MIN_NK): a split-K tensor-core GEMM. Two kernels: dequantized tiles fed to tl.dot
-  as the right operand (``quant_matmul_kernel``, rows past M masked), or, first at W2 from
-  WA_FIRST_MIN_M tokens on large layers (H200, run 11), the weight as the left operand with its
-  codes made in registers and S, Z applied per group (``quant_matmul_wa_kernel``: 6-tuple tiles;
-  fp32 activations run the first kernel). Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
+  as the right operand (``quant_matmul_kernel``, rows past M masked), or, first on large layers
+  for the tokens of WA_FIRST_M (W2: 5-64, run 11; W4: 5-32, run 12; H200), the weight as the left
+  operand with its codes made in registers, two per instruction up to 32 tokens (``pair_order``),
+  and S, Z applied per group (``quant_matmul_wa_kernel``: 6-tuple tiles; fp32 activations run the
+  first kernel). Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
   (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
   memory;
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
@@ -56,7 +57,14 @@ DOT_ANY_LAYER_MAX_M = 8
 DOT_MAX_M = {2: 64, 4: 48}
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weight-as-left-operand GEMM's candidates
-WA_FIRST_MIN_M = {2: 5}  # from here on that kernel's heuristic tile comes first on the large layers
+# Tokens (first, last) for which that kernel's heuristic tile comes first on the large layers: W2 since run 11; W4
+# since run 12, when its codes were made two at a time (PAIRS_MAX_BM) and it beat the dequantizing GEMM from 5 to 32
+# tokens (H200, scripts/pairs_ab.py: gate/up M = 8 16.7 vs 23.7 µs, M = 32 23.4 vs 29.7; down M = 32 29.5 vs 36.1)
+WA_FIRST_M = {2: (5, 64), 4: (5, 32)}
+# Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
+# than the pairs saved (H200 run 12: gate/up W2 M = 64 43.9 vs 40.5 µs, down 49.6 vs 46.4), while at 32 they won
+# (gate/up W4 23.4 vs 32.8, W2 21.9 vs 24.2)
+PAIRS_MAX_BM = 32
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
@@ -165,7 +173,8 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
                 out.append(cfg)
     # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
     wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
-    if M >= WA_FIRST_MIN_M.get(bits, 1 << 30) and N * K >= DOT_MIN_NK:
+    first, last = WA_FIRST_M.get(bits, (0, -1))
+    if first <= M <= last and N * K >= DOT_MIN_NK:
         return [_wa_heuristic(M, N, G, sms)] + out + wa
     return out + wa
 
@@ -314,6 +323,29 @@ def _shift_table(device: torch.device) -> torch.Tensor:
     return _stream_buffer(device, ("shift_table",), lambda: torch.arange(32, device=device, dtype=torch.int32))
 
 
+def pair_order(bits: int, group: int) -> tuple[list[int], list[int]] | None:
+    """The weight-as-left-operand GEMM's order of a group's channels for one 2- or 4-bit slice
+    (``_pair_codes``): (shifts, channels). Dot index κ = 16s + 8h + 2q + e (the tensor cores' operand
+    gives lane q of a quad the pairs κ, κ+1 at 16s + 8h + 2q) is field f + (16/bits)·e of word
+    4·l + q, so both codes of a pair sit 16 bits apart in one word, made by one shift (shifts[2s + h]
+    = bits·f) and one LOP3. A lane's 8 pairs of a row fill its words: l = 0 and f = 4h + s... when a
+    group holds 4 words a row (group·bits = 128), else l = 2·(s // (16/bits)) + h, f = s % (16/bits).
+    The channel of field i of word j is i·(words a group) + j (layout.py). None where no such order
+    exists (other widths, group·bits < 128)."""
+    if bits not in (2, 4) or group % 16 or group * bits < 128:
+        return None
+    steps, ppw, wg = group // 16, 16 // bits, group * bits // 32
+    shifts, channels = [0] * (2 * steps), [0] * group
+    for s in range(steps):
+        for h in range(2):
+            word, f = (0, h * steps + s) if wg == 4 else (2 * (s // ppw) + h, s % ppw)
+            shifts[2 * s + h] = bits * f
+            for q in range(4):
+                for e in range(2):
+                    channels[16 * s + 8 * h + 2 * q + e] = (f + ppw * e) * wg + 4 * word + q
+    return shifts, channels
+
+
 def _magic(bits: int, dtype: torch.dtype) -> tuple[int, float]:
     """(bit pattern, value) of the float whose low mantissa bits take a code exactly: 1024 in fp16
     (codes < 2^10), 128 in bf16 (codes < 2^7; 8-bit slices get a plain conversion)."""
@@ -346,8 +378,9 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
     kernel, args, extra = tk.quant_matmul_kernel, (), {}
     if wa:
         magic, magic_value = _magic(packed.bits, x2.dtype)
+        pairs = magic != 0 and bm <= PAIRS_MAX_BM and pair_order(packed.bits, packed.group) is not None
         kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device),)
-        extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5])
+        extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting())
     kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart, *args,
         M, N, K, G, sl["row1"], sl["row2"], per, R,

@@ -203,6 +203,69 @@ def _group_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, row0, WBITS: tl.constex
 
 
 @triton.jit
+def _pair_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, WBITS: tl.constexpr, GROUP: tl.constexpr,
+                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+    """(BN, GROUP) codes of group g (one 2- or 4-bit slice) as 16-bit floats 2^e + c, in the dot's
+    order κ of the group's channels (the channel of κ is ``pair_tables``' permutation; x is read
+    in the same order). The order is chosen so that each pair (κ, κ+1) a thread holds in the
+    tensor cores' operand sits in one word, 16 bits apart: one LOP3 ((w >> shift) & mask | magic)
+    makes both halves of the operand's 32-bit register. κ = 16s + 8h + 2q + e: q picks the lane's
+    words, (s, h) the field f (shift f·WBITS, read from the table 0..31 at ``shift_ptr``), e the half."""
+    WG: tl.constexpr = GROUP * WBITS // 32
+    S: tl.constexpr = GROUP // 16
+    words = tl.load(w_ptr + (g * WG + tl.arange(0, WG))[None, :] * N + offs_n[:, None], mask=mask_n[:, None],
+                    other=0)
+    sh = tl.arange(0, 2 * S)  # 2s + h
+    if WG == 4:
+        f = (sh % 2) * S + sh // 2
+    else:
+        f = (sh // 2) % (16 // WBITS)
+    shift = tl.load(shift_ptr + f) * WBITS  # from a table, not arithmetic: see _group_codes
+    if WG == 4:  # a lane's 8 pairs of a row are one word
+        src = tl.reshape(words, (BN, 1, 1, 4, 1)) >> tl.reshape(shift, (1, S, 2, 1, 1))
+        src = tl.broadcast_to(src, (BN, S, 2, 4, 2))
+    else:  # word (s // PPW)·2 + h of the lane's
+        PPW: tl.constexpr = 16 // WBITS
+        src = tl.reshape(words, (BN, S // PPW, 1, 2, 4, 1)) >> tl.reshape(shift, (1, S // PPW, PPW, 2, 1, 1))
+        src = tl.broadcast_to(src, (BN, S // PPW, PPW, 2, 4, 2))
+    src = tl.reshape(src, (BN, GROUP))
+    if ASM:  # the 16-bit results come back two to a 32-bit register: the asm's one output
+        if WBITS == 2:
+            if MAGIC == 0x4300:
+                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 196611, 1124090624, 0xea;", "=r,r,r", [src],
+                                                 dtype=tl.int16, is_pure=True, pack=2)
+            else:
+                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 196611, 1677747200, 0xea;", "=r,r,r", [src],
+                                                 dtype=tl.int16, is_pure=True, pack=2)
+        else:
+            if MAGIC == 0x4300:
+                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 983055, 1124090624, 0xea;", "=r,r,r", [src],
+                                                 dtype=tl.int16, is_pure=True, pack=2)
+            else:
+                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 983055, 1677747200, 0xea;", "=r,r,r", [src],
+                                                 dtype=tl.int16, is_pure=True, pack=2)
+        return pair.to(DOT_DTYPE, bitcast=True)
+    # the interpreter runs no PTX: the same halves, one element at a time
+    half = (tl.arange(0, GROUP) % 2) * 16
+    codes = ((src >> half[None, :]) & ((1 << WBITS) - 1)) | MAGIC
+    return codes.to(tl.int16).to(DOT_DTYPE, bitcast=True)
+
+
+@triton.jit
+def _pair_x(xr, WBITS: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr):
+    """x' rows (channels in order) put in ``_pair_codes``' order κ = 16s + 8h + 2q + e: the channel
+    of κ is e·GROUP/2 + h·GROUP/4 + 4s + q (4 words a group) or e·GROUP/2 + (s % PPW)·WG + 8·(s // PPW)
+    + 4h + q, a transpose of the group's channels seen as a small array (``pair_order``)."""
+    S: tl.constexpr = GROUP // 16
+    if GROUP * WBITS == 128:
+        xr = tl.permute(tl.reshape(xr, (2, 2, S, 4, BM)), (2, 1, 3, 0, 4))
+    else:
+        PPW: tl.constexpr = 16 // WBITS
+        xr = tl.permute(tl.reshape(xr, (2, PPW, S // PPW, 2, 4, BM)), (2, 1, 3, 4, 0, 5))
+    return tl.reshape(xr, (GROUP, BM))
+
+
+@triton.jit
 def _group_x(x_ptr, cs_ptr, offs_m, mask_m, g, K, GROUP: tl.constexpr, HAS_CS: tl.constexpr,
              DOT_DTYPE: tl.constexpr):
     """(GROUP, BM) x' = x/cs of group g's channels, rounded to the dot's dtype, and (BM,) Σx' of
@@ -223,6 +286,7 @@ def quant_matmul_wa_kernel(
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_LR: tl.constexpr, MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, STAGES: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr,
 ):
     """The split-K GEMM with the weight as the left operand ("swap AB"): each program sums a
     (BN, BM) block of yᵀ, so the output features fill the tensor cores' 64-row side and the few
@@ -239,9 +303,14 @@ def quant_matmul_wa_kernel(
             # a last step of GT groups may run past the layer: those groups read as zero (compared
             # as tensors: the interpreter rejects a mask made with a scalar comparison)
             mask_g = mask_n & (offs_n * 0 + g < G)
-            a = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, 0, W0, GROUP, BN, DOT_DTYPE, MAGIC)
+            if PAIRS:
+                a = _pair_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, W0, GROUP, BN, DOT_DTYPE, MAGIC, ASM)
+            else:
+                a = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, 0, W0, GROUP, BN, DOT_DTYPE, MAGIC)
             xr, xsum = _group_x(x_ptr, cs_ptr, offs_m, mask_m & (offs_m * 0 + g < G), g, K, GROUP, HAS_CS,
                                 DOT_DTYPE)
+            if PAIRS:
+                xr = _pair_x(xr, W0, GROUP, BM)
             d = tl.dot(a, xr)
             if W1 > 0:
                 a1 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row1, W1, GROUP, BN, DOT_DTYPE, MAGIC)
