@@ -268,7 +268,7 @@ WA_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])  # the interpre
                                                              (3, 64, 9, 2, 2, 0), (4, 128, 16, 2, 1, 8),
                                                              (8, 64, 6, 1, 2, 0), (1, 64, 3, 1, 1, 0),
                                                              (4, 64, 8, 1, 2, 0), (2, 128, 12, 2, 1, 0),
-                                                             (4, 32, 7, 1, 1, 0), (2, 256, 4, 1, 2, 0)])
+                                                             (4, 32, 7, 1, 1, 0), (2, 256, 4, 1, 2, 8)])
 def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, split, rank):
     """quant_matmul_wa_kernel: 16-bit codes made by OR-ing them into a float's mantissa (a plain
     conversion for 8-bit codes in bf16), one dot per group and slice, S and Z applied to each
@@ -301,18 +301,23 @@ def test_pair_order_puts_each_operand_pair_in_one_word_16_bits_apart(bits, group
 
 
 def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_faster():
-    """The heuristic tile is the new kernel's on the large layers at W2 from 5 to 64 tokens (H200 run
-    11) and at W4 from 5 to 32 (run 12, with code pairs), Gemma-2B gate/up and down; elsewhere it is
-    only a candidate for the autotuner."""
+    """The heuristic tile is the new kernel's on the large layers at W2 from 3 to 64 tokens (H200 runs
+    11-12) and at W4 from 3 to 32 (run 12, with code pairs and atomic split-K), Gemma-2B gate/up and
+    down, and from 3 to 32 tokens on layers of 4M-12M weights (run 12, 2048 x 2048); elsewhere it
+    is only a candidate for the autotuner."""
     first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
     assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
     assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
-    assert first(2, 16, 2048, 16384) == (16, 256, 1, 17, 4, 3)  # 1 program an SM above 8 tokens
+    assert first(2, 16, 2048, 16384) == (16, 256, 1, 33, 4, 3)  # 2 programs an SM up to 16 tokens (run 12)
+    assert first(2, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)  # 1 above
     assert first(2, 64, 16384, 2048) == (64, 128, 1, 2, 4, 3)  # 2 splits, not 3 (rounded down)
     assert first(2, 64, 2048, 16384) == (64, 128, 1, 16, 4, 3)
     assert first(4, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)
     assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
-    for bits, M, N, K in [(4, 4, 16384, 2048), (4, 33, 16384, 2048), (2, 8, 2048, 2048), (3, 8, 16384, 2048)]:
+    assert first(4, 16, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
+    assert first(4, 3, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # from 3 tokens (run 12)
+    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 33, 16384, 2048), (2, 8, 2048, 1024), (2, 40, 2048, 2048),
+                          (3, 8, 16384, 2048)]:
         assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
         assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
 
@@ -349,6 +354,25 @@ def test_weight_as_left_operand_gemm_makes_code_pairs_where_they_won(monkeypatch
     triton_backend._launch((bm, 64, 1, 2, 4, 2), x, cs.float(), packed, None, None, out)
     assert launched == [("wa", pairs)]
     assert rel_err(out, ref_matmul(x, packed, cs)) < (TOL if CUDA else 2e-3)
+
+
+def test_weight_as_left_operand_split_k_by_atomics_leaves_its_workspace_zeroed():
+    """With K split and one tile of rows, the programs add into a workspace and the last of each
+    column block writes y (bias, low-rank term): repeated calls on other inputs stay exact, and the
+    workspace, low-rank workspace and counters are back at zero after each call."""
+    N, K, M, bm, rank = 80, 512, 6, 16, 8
+    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, 4, 64))
+    cs, bias = col_scale(K), rand(N).to(torch.float16)
+    lowrank = (rand(N, rank, scale=0.1).to(torch.float16), rand(rank, K, scale=0.1).to(torch.float16))
+    cfg = (bm, 64, 1, 3, 4, 2)
+    for _ in range(2):
+        x = rand(M, K).to(torch.float16)
+        out = torch.full((M, N), float("nan"), device=DEV, dtype=torch.float16)
+        triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out)
+        assert rel_err(out, ref_matmul(x, packed, cs, lowrank, bias)) < (TOL if CUDA else 2e-3)
+        ws_key, tws_key = _gemv1_buffer_keys(x.device, N, bm, 2 * bm * 16)  # 2 column blocks, BR = 16
+        (ws, lock), tws = triton_backend._GEMV1_BUFFERS[ws_key], triton_backend._GEMV1_BUFFERS[tws_key]
+        assert not ws.any() and not lock.any() and not tws.any()
 
 
 class _Recording:
@@ -539,11 +563,17 @@ def test_a_tile_that_does_not_fit_falls_back_to_the_next_and_is_remembered(monke
 
 
 def test_path_rule_follows_m_and_layer_size():
-    assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048) == "gemv"
+    assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048, 3) == "gemv"
+    # 3-4 tokens at 2 and 4 bits from 4M weights: the weight-as-left-operand GEMM beat the GEMV (run 12)
+    assert triton_backend.path_for(3, 2048, 2048, 4) == "dot" and triton_backend.path_for(2, 16384, 2048, 2) == "gemv"
     assert triton_backend.path_for(2, 256, 256) == "gemv" and triton_backend.path_for(3, 2048, 1024) == "dot"
     assert triton_backend.path_for(5, 256, 256) == "dot" and triton_backend.path_for(8, 2048, 2048) == "dot"
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
-    assert triton_backend.path_for(16, 2048, 2048) == "dequant"  # small layer: cuBLAS on Ŵ wins
+    assert triton_backend.path_for(16, 2048, 1024) == "dequant"  # small layer: cuBLAS on Ŵ wins
+    # mid-size layers (4M-12M weights) keep the GEMM up to 32 tokens since run 12 (2048 x 2048: 6.0-8.8 µs
+    # against 10.0-10.2 for dequantize + cuBLAS), and lose it above
+    assert triton_backend.path_for(16, 2048, 2048) == "dot" and triton_backend.path_for(32, 2048, 2048, 2) == "dot"
+    assert triton_backend.path_for(33, 2048, 2048, 4) == "dequant"
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"
     # the GEMMs' reach depends on the width: W2 to 64 tokens on the large layers since the
     # weight-as-left-operand kernel (H200 run 11), W4 to 48 (run 9), and never at widths of several
@@ -552,7 +582,7 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(65, 16384, 2048, 2) == "dequant"
     assert triton_backend.path_for(48, 16384, 2048, 4) == "dot"
     assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"
-    assert triton_backend.path_for(24, 2048, 2048, 2) == "dequant"
+    assert triton_backend.path_for(40, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"
     with pytest.raises(ValueError, match="at most"):

@@ -5,16 +5,20 @@ Rule (by the number of tokens M = x.numel() / K):
   a scratch, codes unpacked and multiplied two at a time in fp16x2 (PTX; emulated under the
   interpreter), for each of the M rows, split-K partial sums reduced by the last program to
   arrive, no second kernel). Every program reads its words once whatever M, but the unpacking is
-  per row: on the H200 (run 8) it beat the tensor-core GEMM at M = 2-4 on the Gemma-2B layers
-  (gate/up W4 M = 2: 12.4 vs 23.5 µs, M = 4: 16.9 vs 23.4) and lost at M = 8 (29.0 vs 23.9);
-  3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster there;
-* 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, and on large layers
-  (N*K >= DOT_MIN_NK): a split-K tensor-core GEMM. Two kernels: dequantized tiles fed to tl.dot
-  as the right operand (``quant_matmul_kernel``, rows past M masked), or, first on large layers
-  for the tokens of WA_FIRST_M (W2: 5-64, run 11; W4: 5-32, run 12; H200), the weight as the left
-  operand with its codes made in registers, two per instruction up to 32 tokens (``pair_order``),
-  and S, Z applied per group (``quant_matmul_wa_kernel``: 6-tuple tiles; fp32 activations run the
-  first kernel). Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
+  per row: on the H200 (run 8) it beat the tensor-core GEMM of then at M = 2-4 on the Gemma-2B
+  layers (gate/up W4 M = 2: 12.4 vs 23.5 µs, M = 4: 16.9 vs 23.4) and lost at M = 8 (29.0 vs 23.9).
+  3-4 tokens of layers under GEMV_ROWS_MIN_NK weights go to the GEMM, which was ~0.8 µs faster
+  there, and since run 12 3-4 tokens at 2 and 4 bits of layers from WA_MIN_NK weights too (the
+  weight-as-left-operand GEMM: gate/up W4 M = 3 15.5 vs 16.9 µs, 2048 x 2048 5.9 vs 7.1);
+* 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, on large layers (N*K >=
+  DOT_MIN_NK), and up to WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
+  Two kernels: dequantized tiles fed to tl.dot as the right operand (``quant_matmul_kernel``, rows
+  past M masked, partial sums added by ``reduce_kernel``), or, first for the tokens of WA_FIRST_M
+  (W2: 3-64, W4: 3-32; H200 runs 11-12), the weight as the left operand
+  (``quant_matmul_wa_kernel``: 6-tuple tiles; fp32 activations run the first kernel): its codes
+  made in registers, two per instruction in tiles of up to 32 tokens (``pair_order``), S and Z
+  applied per group, K splits added by atomics and the last program of a column block writing y.
+  Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
   (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
   memory;
 * otherwise: dequantize Ŵ/cs to x's dtype once (Triton), then cuBLAS, which wins when the matmul
@@ -22,8 +26,7 @@ Rule (by the number of tokens M = x.numel() / K):
 TTQ's per-call step (``online_matmul``) quantizes W for one call: where the rule above says
 dequantize, the quantize kernel writes the dequantized weight itself (B A folded back in) for one
 cuBLAS call; elsewhere it packs and the kernels above run. ``column_scale`` computes s = D^½ in one
-launch. The GEMM's split-K programs write fp32 partial sums; a second small kernel adds them with the
-bias and the low-rank term. The low-rank term's t = x Aᵀ is computed inside the matmul kernels
+launch. The low-rank term's t = x Aᵀ is computed inside the matmul kernels
 (each K split its part), not by a matmul launched before them: that launch and a cast cost ~8 µs,
 more than the whole M = 1 GEMV. Tile sizes come from a heuristic, or, with ``VLA_TTQ_AUTOTUNE=all`` (or ``=n``: only calls with
 M <= n) on CUDA, from timing a few candidates once per (shape, bits, group, M bucket).
@@ -53,18 +56,28 @@ DOT_ANY_LAYER_MAX_M = 8
 # scripts/path_crossover.py) set W2 16 and W4 48 for the dequantizing GEMM (gate/up M = 48: 38.1 vs
 # 44.8 µs). Since run 11 the weight-as-left-operand GEMM leads at W2 from 5 tokens, and won or tied
 # up to 64 (H200, scripts/wa_gemm.py: gate/up W2 M = 32 23.8 vs 43.2 µs, M = 64 36.1-39.8 vs 43.8;
-# down M = 32 29.0 vs 44.5, M = 64 42.5-45.6 vs 45.6; docs/kernels.md). At W4 it did not win reliably.
+# down M = 32 29.0 vs 44.5, M = 64 42.5-45.6 vs 45.6; docs/kernels.md). At W4 it leads up to 32
+# tokens since run 12 (WA_FIRST_M); at 33-48 the dequantizing GEMM stays first.
 DOT_MAX_M = {2: 64, 4: 48}
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weight-as-left-operand GEMM's candidates
-# Tokens (first, last) for which that kernel's heuristic tile comes first on the large layers: W2 since run 11; W4
-# since run 12, when its codes were made two at a time (PAIRS_MAX_BM) and it beat the dequantizing GEMM from 5 to 32
-# tokens (H200, scripts/pairs_ab.py: gate/up M = 8 16.7 vs 23.7 µs, M = 32 23.4 vs 29.7; down M = 32 29.5 vs 36.1)
-WA_FIRST_M = {2: (5, 64), 4: (5, 32)}
+# Tokens (first, last) for which that kernel's heuristic tile comes first on the large layers: W2 from 5 since run 11;
+# W4 since run 12, when its codes were made two at a time (PAIRS_MAX_BM) and its K splits summed by atomics
+# (WA_ATOMIC_TAIL), and it beat the dequantizing GEMM from 5 to 32 tokens (H200, scripts/wa_ab.py: gate/up M = 8
+# 15.7 vs 23.7 µs, down M = 32 22.0 vs 36.3); from 3 tokens since it beat the GEMV there (scripts/wa_gemm.py: down
+# W2 M = 3 12.9 vs 15.5; at M = 2 the GEMV won, 11.5 vs 12.9). On layers of WA_MIN_NK to DOT_MIN_NK weights it comes
+# first (and the GEMM path is taken) up to WA_MID_MAX_M tokens: on 2048 x 2048 it took 6.0-8.8 µs at 5-32 tokens
+# where the GEMM or dequantize + cuBLAS took 10.0-10.2, and lost at 64 (W4 13.4 vs 10.4)
+WA_FIRST_M = {2: (3, 64), 4: (3, 32)}
+WA_MIN_NK = 4 << 20
+WA_MID_MAX_M = 32
 # Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
 # than the pairs saved (H200 run 12: gate/up W2 M = 64 43.9 vs 40.5 µs, down 49.6 vs 46.4), while at 32 they won
 # (gate/up W4 23.4 vs 32.8, W2 21.9 vs 24.2)
 PAIRS_MAX_BM = 32
+# That kernel's K splits add into a zeroed workspace with atomics and its last program writes y (as the GEMV's do),
+# instead of writing partial sums for reduce_kernel
+WA_ATOMIC_TAIL = True
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
@@ -173,22 +186,30 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
                 out.append(cfg)
     # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
     wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
-    first, last = WA_FIRST_M.get(bits, (0, -1))
-    if first <= M <= last and N * K >= DOT_MIN_NK:
+    if _wa_first(bits, M, N, K):
         return [_wa_heuristic(M, N, G, sms)] + out + wa
     return out + wa
 
 
+def _wa_first(bits: int, M: int, N: int, K: int) -> bool:
+    """Whether the weight-as-left-operand GEMM's tile comes first for M tokens (WA_FIRST_M)."""
+    first, last = WA_FIRST_M.get(bits, (0, -1))
+    if N * K < DOT_MIN_NK:
+        last = min(last, WA_MID_MAX_M)
+    return first <= M <= last and N * K >= WA_MIN_NK
+
+
 def _wa_heuristic(M: int, N: int, G: int, sms: int) -> tuple:
-    """The weight-as-left-operand kernel's tile for a large layer (H200 run 11, scripts/wa_gemm.py,
-    W2 on Gemma-2B gate/up and down: the best tile or within 1 µs of it): 256 columns up to 32
-    tokens, with split-K for 2 programs an SM up to 8 tokens and 1 above; at 33-64 tokens 128
-    columns and as close to 2 programs an SM as rounding down allows (gate/up: 2 splits, 36.1 µs,
-    where 3 took 45.6)."""
+    """The weight-as-left-operand kernel's tile (H200 runs 11-12, scripts/wa_gemm.py and wa_ab.py,
+    Gemma-2B gate/up and down: the best tile or within 1 µs of it; 2048 x 2048 within 1 µs up to 8
+    tokens, 1 µs at 16-32): 256 columns up to 32 tokens, with split-K for 2 programs an SM up to
+    16 tokens (since the atomic split-K tail of run 12: down W4 M = 16 15.4 µs, where 1 an SM took
+    18.1) and 1 above; at 33-64 tokens 128 columns and as close to 2 programs an SM as rounding
+    down allows (gate/up: 2 splits, 36.1 µs, where 3 took 45.6)."""
     bm = min(64, max(16, _next_pow2(M)))
     if bm == 64:
         return bm, 128, 1, max(1, min(G, 2 * sms // math.ceil(N / 128))), 4, 3
-    return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 8 else 1, sms), 4, 3
+    return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 16 else 1, sms), 4, 3
 
 
 def _gt_min(bits: int, group: int) -> int:
@@ -371,16 +392,21 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
     sl = _slices(packed.bits, K)
     lr_b, lr_a = _lowrank_args(lowrank)
     (cs_, bias_, a_, b_), R, common = _epilogue_args(x2, cs, bias, lr_a, lr_b, use_dot=True)
-    partial = split > 1
+    grid = (math.ceil(N / bn), split, math.ceil(M / bm))
+    atomic = wa and WA_ATOMIC_TAIL and split > 1 and grid[2] == 1
+    partial = split > 1 and not atomic
     dst = torch.empty((split, M, N), device=x2.device, dtype=torch.float32) if partial else out
     tpart = torch.empty((split, M, common["BR"]), device=x2.device, dtype=torch.float32) if partial and R else x2
-    grid = (math.ceil(N / bn), split, math.ceil(M / bm))
     kernel, args, extra = tk.quant_matmul_kernel, (), {}
     if wa:
         magic, magic_value = _magic(packed.bits, x2.dtype)
         pairs = magic != 0 and bm <= PAIRS_MAX_BM and pair_order(packed.bits, packed.group) is not None
-        kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device),)
-        extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting())
+        ws, lock = x2, x2
+        if atomic:
+            ws, lock, _, tpart = _gemv1_buffers(x2.device, N, 1, grid[0] * bm * common["BR"], rows=bm)
+        kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device), ws, lock)
+        extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting(),
+                     ATOMIC=atomic)
     kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart, *args,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
@@ -446,11 +472,12 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
 
 def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4) -> str:
     """Which kernel runs M tokens of an N x K layer of ``bits``-bit codes (module docstring;
-    thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, and run 9 for
-    the widths and DOT_MAX_M)."""
-    if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK)):
+    thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, run 9 for
+    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M)."""
+    if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK) and not _wa_first(bits, M, N, K)):
         return "gemv"
-    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK):
+    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK
+                                             or _wa_first(bits, M, N, K)):
         return "dot"
     return "dequant"
 

@@ -280,19 +280,21 @@ def _group_x(x_ptr, cs_ptr, offs_m, mask_m, g, K, GROUP: tl.constexpr, HAS_CS: t
 
 @triton.jit
 def quant_matmul_wa_kernel(
-    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, shift_ptr,
+    x_ptr, cs_ptr, w_ptr, s_ptr, z_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, shift_ptr, ws_ptr, lock_ptr,
     M, N, K, G, row1, row2, tiles_per_split, R,
     W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, OFF1: tl.constexpr, OFF2: tl.constexpr,
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_LR: tl.constexpr, MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, STAGES: tl.constexpr,
-    PAIRS: tl.constexpr, ASM: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr, ATOMIC: tl.constexpr,
 ):
     """The split-K GEMM with the weight as the left operand ("swap AB"): each program sums a
     (BN, BM) block of yᵀ, so the output features fill the tensor cores' 64-row side and the few
     tokens their narrow side, and the dequantized codes can stay in registers. Scales are applied
     once per group to the group's dot (acc += S·(codes·x') + Z·Σx'), not to every code. Grid and
-    partials as ``quant_matmul_kernel``; GT groups per loop step."""
+    partials as ``quant_matmul_kernel``; GT groups per loop step. ATOMIC (one tile of rows): no
+    partials and no reduce kernel; K splits add into a zeroed workspace, as in the GEMV, and the
+    last program of each column block writes y (``_gemv1_split_k_tail``)."""
     pid_n, pid_k, offs_n, mask_n, offs_m, mask_m, t0, t1 = _gemm_program(M, N, G, tiles_per_split, BM, BN, GT)
     # Σ over slices of 2^offset: the magic offset's share of every code, taken out with Σx'
     OFFSETS: tl.constexpr = 1 + (1 << OFF1 if W1 > 0 else 0) + (1 << OFF2 if W2 > 0 else 0)
@@ -323,9 +325,16 @@ def quant_matmul_wa_kernel(
             if MAGIC != 0:
                 zero -= scale * (MAGIC_VALUE * OFFSETS)
             acc += scale[:, None] * d + zero[:, None] * xsum[None, :]
-    _matmul_tail(tl.trans(acc), x_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, offs_m, mask_m, offs_n, mask_n,
-                 pid_n, pid_k, M, N, K, R, t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K), BM, BR, DOT_DTYPE,
-                 PARTIAL, HAS_BIAS, HAS_LR)
+    k0, k1 = t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K)
+    if ATOMIC:  # split-K summed by atomics, the last program of a column block writes y (tpart_ptr: tws)
+        lr_t = tl.zeros((BM, BR), tl.float32)
+        if HAS_LR:
+            lr_t = _lowrank_t(x_ptr, a_ptr, offs_m, mask_m, k0, k1, K, R, BM, BR, DOT_DTYPE)
+        _gemv1_split_k_tail(tl.trans(acc), lr_t, ws_ptr, lock_ptr, tpart_ptr, out_ptr, offs_n, mask_n, M, N, bias_ptr,
+                            b_ptr, R, HAS_BIAS, HAS_LR, BR, BM, BM, True)
+    else:
+        _matmul_tail(tl.trans(acc), x_ptr, out_ptr, bias_ptr, a_ptr, b_ptr, tpart_ptr, offs_m, mask_m, offs_n, mask_n,
+                     pid_n, pid_k, M, N, K, R, k0, k1, BM, BR, DOT_DTYPE, PARTIAL, HAS_BIAS, HAS_LR)
 
 
 @triton.jit
@@ -883,12 +892,13 @@ def _gemv1_lowrank_part(x_ptr, a_ptr, g0, K, R, GROUP: tl.constexpr, GPS: tl.con
 
 @triton.jit
 def _gemv1_store(acc, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS: tl.constexpr,
-                 HAS_LR: tl.constexpr, BR: tl.constexpr):
+                 HAS_LR: tl.constexpr, BR: tl.constexpr, TILE_STORE: tl.constexpr = False):
     """y = acc + bias + t Bᵀ for a (TM, BN) tile of rows (t = x Aᵀ, (TM, BR) fp32), rows < M
     written in out's dtype: the matmul kernels' epilogue. With the low-rank term several tokens
-    come as 16 rows (padding rows past M), so that t Bᵀ runs on tensor cores."""
+    come as 16 rows (padding rows past M), so that t Bᵀ runs on tensor cores. TILE_STORE: the
+    whole tile at once also without it (the GEMM's tiles, whatever their layout)."""
     TM: tl.constexpr = acc.shape[0]
-    if TM == 1 or HAS_LR:
+    if TM == 1 or HAS_LR or TILE_STORE:
         y = _epilogue(acc, offs_n, mask_n, bias_ptr, t, b_ptr, R, HAS_BIAS, HAS_LR, BR)
         rows = tl.arange(0, TM)[:, None]
         ymask = (rows < M) & mask_n[None, :]
@@ -905,11 +915,11 @@ def _gemv1_store(acc, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_
 @triton.jit
 def _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R,
                         HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr,
-                        TM: tl.constexpr):
+                        TM: tl.constexpr, TILE_STORE: tl.constexpr = False):
     """Add this program's partial sums (BM, BN) into ws (and its part of t = x Aᵀ, (TM, BR), into
     its column block's BM·BR floats of tws) and count it in lock[column block]; the last program
     of the column block reads the totals as a (TM, BN) tile, writes y and leaves ws, tws and lock
-    at zero."""
+    at zero. Grid: (column blocks, K splits), one tile of rows."""
     pid_n = tl.program_id(0)
     rows = tl.arange(0, BM)[:, None]
     tl.atomic_add(ws_ptr + rows * N + offs_n[None, :], acc, mask=(rows < M) & mask_n[None, :], sem="relaxed")
@@ -930,7 +940,7 @@ def _gemv1_split_k_tail(acc, t, ws_ptr, lock_ptr, tws_ptr, out_ptr, offs_n, mask
             tm = trows < BM
             t = tl.where(tm, tl.atomic_add(tws_ptr + toff, tl.zeros(t.shape, tl.float32), mask=tm, sem="relaxed"), 0.0)
             tl.store(tws_ptr + toff, tl.zeros(t.shape, tl.float32), mask=tm)
-        _gemv1_store(total, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR)
+        _gemv1_store(total, t, out_ptr, offs_n, mask_n, M, N, bias_ptr, b_ptr, R, HAS_BIAS, HAS_LR, BR, TILE_STORE)
         tl.store(lock_ptr + pid_n, 0)
 
 

@@ -1,12 +1,14 @@
-"""A/B of the weight-as-left-operand GEMM's code pairs (``_pair_codes``) against its per-code unpacking (GPU).
+"""A/B of one feature of the weight-as-left-operand GEMM, tile by tile (GPU).
 
-    python scripts/pairs_ab.py --out DIR      (WA_MS, WA_LAYERS, WA_TILES as in scripts/wa_gemm.py)
+    WA_AB=pairs|atomic python scripts/wa_ab.py --out DIR   (WA_MS, WA_LAYERS, WA_TILES as in scripts/wa_gemm.py)
 
+pairs (run 12): codes made two per instruction in the pair order (``pair_order``) against one at a
+time (pair_order patched to None, channels in order). atomic (run 12): K splits added by atomics,
+the last program writing y (``WA_ATOMIC_TAIL``), against partial sums and ``reduce_kernel``.
 For Gemma-2B's gate/up, down and q/o at W4 and W2 (g64), 5-64 tokens: bf16 cuBLAS, what
-``quant_matmul`` runs now, and for each tile of ``quant_matmul_wa_kernel`` the same launch with the
-pair order (``pair_order``) and without it (patched to None: codes unpacked one at a time, channels
-in order), timed one after the other. Every launch is checked against float64 first. Writes
-pairs_ab.json.
+``quant_matmul`` runs now, and for each tile of ``quant_matmul_wa_kernel`` the launch with the
+feature ("on") and without it ("off"), timed one after the other. Every launch is checked against
+float64 first. Writes wa_ab_<feature>.json.
 """
 
 from __future__ import annotations
@@ -22,11 +24,21 @@ from wa_gemm import LAYERS, wa_cfgs
 from vla_ttq.kernels import reference, triton_backend
 from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
+FEATURE = os.environ.get("WA_AB", "pairs")
 PAIR_ORDER = triton_backend.pair_order
 
 
-def timed(cfg, x, cs, packed, copies, out, ref, pairs: bool) -> dict:
-    triton_backend.pair_order = PAIR_ORDER if pairs else (lambda bits, group: None)
+def switch(on: bool) -> None:
+    if FEATURE == "pairs":
+        triton_backend.pair_order = PAIR_ORDER if on else (lambda bits, group: None)
+    elif FEATURE == "atomic":
+        triton_backend.WA_ATOMIC_TAIL = on
+    else:
+        raise SystemExit(f"WA_AB must be pairs or atomic, not {FEATURE!r}")
+
+
+def timed(cfg, x, cs, packed, copies, out, ref, on: bool) -> dict:
+    switch(on)
     try:
         triton_backend._launch(cfg, x, cs, packed, None, None, out)
         err = rel_err(out, ref)
@@ -37,13 +49,14 @@ def timed(cfg, x, cs, packed, copies, out, ref, pairs: bool) -> dict:
     except Exception as e:  # a tile that fails is a finding, not the end of the run
         return dict(us=float("inf"), error=f"{type(e).__name__}: {e}"[:300])
     finally:
-        triton_backend.pair_order = PAIR_ORDER
+        switch(True)
 
 
 def main() -> None:
     args = script_args(__doc__)
     sms = triton_backend._num_sms(torch.device("cuda"))
-    res = dict(device=torch.cuda.get_device_name(), rows=[])
+    switch(True)  # an unknown feature stops here
+    res = dict(device=torch.cuda.get_device_name(), feature=FEATURE, rows=[])
     t_start = time.time()
     for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2_bytes()):
         wref = reference.effective_weight(packed, cs).double()
@@ -54,17 +67,17 @@ def main() -> None:
             row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
             row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
             row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
-            row["tiles"] = [dict(cfg=cfg, pairs=timed(cfg, x, cs, packed, copies, out, ref, True),
-                                 codes=timed(cfg, x, cs, packed, copies, out, ref, False))
+            row["tiles"] = [dict(cfg=cfg, on=timed(cfg, x, cs, packed, copies, out, ref, True),
+                                 off=timed(cfg, x, cs, packed, copies, out, ref, False))
                             for cfg in wa_cfgs(M, N, K, sms)]
-            best = {k: min(row["tiles"], key=lambda t: t[k]["us"]) for k in ("pairs", "codes")}
+            best = {k: min(row["tiles"], key=lambda t: t[k]["us"]) for k in ("on", "off")}
             for k, t in best.items():
                 row[f"{k}_us"], row[f"{k}_cfg"], row[f"{k}_err"] = t[k]["us"], t["cfg"], t[k].get("err")
             res["rows"].append(row)
             print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
-                  f"codes {row['codes_us']:6.1f} {row['codes_cfg']}  pairs {row['pairs_us']:6.1f} {row['pairs_cfg']} "
-                  f"err {row['pairs_err'] or float('nan'):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
-            (args.out / "pairs_ab.json").write_text(json.dumps(res, indent=1))
+                  f"off {row['off_us']:6.1f} {row['off_cfg']}  {FEATURE} {row['on_us']:6.1f} {row['on_cfg']} "
+                  f"err {row['on_err'] or float('nan'):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
+            (args.out / f"wa_ab_{FEATURE}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
