@@ -18,11 +18,10 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
-from wa_gemm import LAYERS, wa_cfgs
+from wa_gemm import cases, wa_cfgs
 
-from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
+from vla_ttq.kernels import triton_backend
+from vla_ttq.kernels.bench import graph_time_us, rel_err, script_args
 
 FEATURE = os.environ.get("WA_AB", "pairs")
 PAIR_ORDER = triton_backend.pair_order
@@ -58,26 +57,20 @@ def main() -> None:
     switch(True)  # an unknown feature stops here
     res = dict(device=torch.cuda.get_device_name(), feature=FEATURE, rows=[])
     t_start = time.time()
-    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2_bytes()):
-        wref = reference.effective_weight(packed, cs).double()
-        for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
-            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            ref = x.double() @ wref.t()
-            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
-            row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-            row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
-            row["tiles"] = [dict(cfg=cfg, on=timed(cfg, x, cs, packed, copies, out, ref, True),
-                                 off=timed(cfg, x, cs, packed, copies, out, ref, False))
-                            for cfg in wa_cfgs(M, N, K, sms)]
-            best = {k: min(row["tiles"], key=lambda t: t[k]["us"]) for k in ("on", "off")}
-            for k, t in best.items():
-                row[f"{k}_us"], row[f"{k}_cfg"], row[f"{k}_err"] = t[k]["us"], t["cfg"], t[k].get("err")
-            res["rows"].append(row)
-            print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
-                  f"off {row['off_us']:6.1f} {row['off_cfg']}  {FEATURE} {row['on_us']:6.1f} {row['on_cfg']} "
-                  f"err {row['on_err'] or float('nan'):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
-            (args.out / f"wa_ab_{FEATURE}.json").write_text(json.dumps(res, indent=1))
+    for row, x, ref, out, cs, packed, copies in cases():
+        name, N, K, bits, M = (row[k] for k in ("layer", "N", "K", "bits", "M"))
+        row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
+        row["tiles"] = [dict(cfg=cfg, on=timed(cfg, x, cs, packed, copies, out, ref, True),
+                             off=timed(cfg, x, cs, packed, copies, out, ref, False))
+                        for cfg in wa_cfgs(M, N, K, sms)]
+        best = {k: min(row["tiles"], key=lambda t: t[k]["us"]) for k in ("on", "off")}
+        for k, t in best.items():
+            row[f"{k}_us"], row[f"{k}_cfg"], row[f"{k}_err"] = t[k]["us"], t["cfg"], t[k].get("err")
+        res["rows"].append(row)
+        print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
+              f"off {row['off_us']:6.1f} {row['off_cfg']}  {FEATURE} {row['on_us']:6.1f} {row['on_cfg']} "
+              f"err {row['on_err'] or float('nan'):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
+        (args.out / f"wa_ab_{FEATURE}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

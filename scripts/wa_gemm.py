@@ -36,49 +36,55 @@ def wa_cfgs(M: int, N: int, K: int, sms: int) -> list[tuple]:
     return list(dict.fromkeys(cfgs))
 
 
-def main() -> None:
-    args = script_args(__doc__)
-    l2 = l2_bytes()
-    sms = triton_backend._num_sms(torch.device("cuda"))
-    res = dict(device=torch.cuda.get_device_name(), rows=[])
-    t_start = time.time()
-    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2):
+def cases():
+    """For each layer (WA_LAYERS), width (W4, W2) and token count (WA_MS): the row's first fields
+    (bf16 cuBLAS timed) and the case's inputs: (row, x, float64 reference, out, cs, packed, copies)."""
+    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, (4, 2), l2_bytes()):
         wref = reference.effective_weight(packed, cs).double()
         for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
             x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            ref = x.double() @ wref.t()
             out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
             row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
             row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-            row["err_now"] = rel_err(triton_backend.quant_matmul(x, packed, cs), ref)
-            row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
-            cands = triton_backend._candidates(bits, 64, K, N, M, sms)
-            variants = [("dot", next(c for c in cands if len(c) == 5))]  # the dequantizing kernel's heuristic
-            variants += [("wa", c) for c in wa_cfgs(M, N, K, sms)]
-            row["tiles"] = []
-            for kind, cfg in variants:
-                t = dict(kind=kind, cfg=cfg)
-                try:
-                    triton_backend._launch(cfg, x, cs, packed, None, None, out)
-                    t["err"] = rel_err(out, ref)
-                    if t["err"] > 1e-2:
-                        raise AssertionError(f"wrong result: {t['err']:.2e}")
-                    t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out)
-                                             for p in copies])
-                except Exception as e:  # a tile that fails is a finding, not the end of the run
-                    t["error"] = f"{type(e).__name__}: {e}"[:300]
-                    t["us"] = float("inf")
-                row["tiles"].append(t)
-            wa = [t for t in row["tiles"] if t["kind"] == "wa"]
-            best = min(wa, key=lambda t: t["us"])
-            row["wa_best_us"], row["wa_best_cfg"] = best["us"], best["cfg"]
-            row["wa_first_us"] = wa[0]["us"]
-            row["dot_us"] = row["tiles"][0]["us"]
-            res["rows"].append(row)
-            print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
-                  f"dot {row['dot_us']:6.1f}  wa first {row['wa_first_us']:6.1f} best {best['us']:6.1f} {best['cfg']} "
-                  f"err {best.get('err', float('nan')):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
-            (args.out / "wa_gemm.json").write_text(json.dumps(res, indent=1))
+            yield row, x, x.double() @ wref.t(), out, cs, packed, copies
+
+
+def main() -> None:
+    args = script_args(__doc__)
+    sms = triton_backend._num_sms(torch.device("cuda"))
+    res = dict(device=torch.cuda.get_device_name(), rows=[])
+    t_start = time.time()
+    for row, x, ref, out, cs, packed, copies in cases():
+        name, N, K, bits, M = (row[k] for k in ("layer", "N", "K", "bits", "M"))
+        row["err_now"] = rel_err(triton_backend.quant_matmul(x, packed, cs), ref)
+        row["now_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs) for p in copies])
+        cands = triton_backend._candidates(bits, 64, K, N, M, sms)
+        variants = [("dot", next(c for c in cands if len(c) == 5))]  # the dequantizing kernel's heuristic
+        variants += [("wa", c) for c in wa_cfgs(M, N, K, sms)]
+        row["tiles"] = []
+        for kind, cfg in variants:
+            t = dict(kind=kind, cfg=cfg)
+            try:
+                triton_backend._launch(cfg, x, cs, packed, None, None, out)
+                t["err"] = rel_err(out, ref)
+                if t["err"] > 1e-2:
+                    raise AssertionError(f"wrong result: {t['err']:.2e}")
+                t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out)
+                                         for p in copies])
+            except Exception as e:  # a tile that fails is a finding, not the end of the run
+                t["error"] = f"{type(e).__name__}: {e}"[:300]
+                t["us"] = float("inf")
+            row["tiles"].append(t)
+        wa = [t for t in row["tiles"] if t["kind"] == "wa"]
+        best = min(wa, key=lambda t: t["us"])
+        row["wa_best_us"], row["wa_best_cfg"] = best["us"], best["cfg"]
+        row["wa_first_us"] = wa[0]["us"]
+        row["dot_us"] = row["tiles"][0]["us"]
+        res["rows"].append(row)
+        print(f"{name:8s} W{bits} M={M:3d} bf16 {row['bf16_us']:6.1f}  now({row['path']}) {row['now_us']:6.1f}  "
+              f"dot {row['dot_us']:6.1f}  wa first {row['wa_first_us']:6.1f} best {best['us']:6.1f} {best['cfg']} "
+              f"err {best.get('err', float('nan')):.1e}  [{time.time() - t_start:.0f}s]", flush=True)
+        (args.out / "wa_gemm.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -367,6 +367,13 @@ def pair_order(bits: int, group: int) -> tuple[list[int], list[int]] | None:
     return shifts, channels
 
 
+def _pair_asm(bits: int, magic: int) -> str:
+    """The PTX of ``_pair_codes``: one lop3 ``(src & mask) | magic`` whose 32-bit result is two
+    16-bit floats 2^e + c, one per half (mask and magic repeated in both halves; 0xEA = a & b | c)."""
+    both = lambda v: v | v << 16  # noqa: E731
+    return f"lop3.b32 $0, $1, {both((1 << bits) - 1)}, {both(magic)}, 0xea;"
+
+
 def _magic(bits: int, dtype: torch.dtype) -> tuple[int, float]:
     """(bit pattern, value) of the float whose low mantissa bits take a code exactly: 1024 in fp16
     (codes < 2^10), 128 in bf16 (codes < 2^7; 8-bit slices get a plain conversion)."""
@@ -406,7 +413,7 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
             ws, lock, _, tpart = _gemv1_buffers(x2.device, N, 1, grid[0] * bm * common["BR"], rows=bm)
         kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device), ws, lock)
         extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting(),
-                     ATOMIC=atomic)
+                     ATOMIC=atomic, PAIR_ASM=_pair_asm(packed.bits, magic) if pairs else "")
     kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart, *args,
         M, N, K, G, sl["row1"], sl["row2"], per, R,

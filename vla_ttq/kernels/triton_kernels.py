@@ -204,7 +204,8 @@ def _group_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, row0, WBITS: tl.constex
 
 @triton.jit
 def _pair_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, WBITS: tl.constexpr, GROUP: tl.constexpr,
-                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
+                PAIR_ASM: tl.constexpr):
     """(BN, GROUP) codes of group g (one 2- or 4-bit slice) as 16-bit floats 2^e + c, in the dot's
     order κ of the group's channels (the channel of κ is ``pair_tables``' permutation; x is read
     in the same order). The order is chosen so that each pair (κ, κ+1) a thread holds in the
@@ -229,21 +230,8 @@ def _pair_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, WBITS: tl.constexpr, GRO
         src = tl.reshape(words, (BN, S // PPW, 1, 2, 4, 1)) >> tl.reshape(shift, (1, S // PPW, PPW, 2, 1, 1))
         src = tl.broadcast_to(src, (BN, S // PPW, PPW, 2, 4, 2))
     src = tl.reshape(src, (BN, GROUP))
-    if ASM:  # the 16-bit results come back two to a 32-bit register: the asm's one output
-        if WBITS == 2:
-            if MAGIC == 0x4300:
-                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 196611, 1124090624, 0xea;", "=r,r,r", [src],
-                                                 dtype=tl.int16, is_pure=True, pack=2)
-            else:
-                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 196611, 1677747200, 0xea;", "=r,r,r", [src],
-                                                 dtype=tl.int16, is_pure=True, pack=2)
-        else:
-            if MAGIC == 0x4300:
-                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 983055, 1124090624, 0xea;", "=r,r,r", [src],
-                                                 dtype=tl.int16, is_pure=True, pack=2)
-            else:
-                pair = tl.inline_asm_elementwise("lop3.b32 $0, $1, 983055, 1677747200, 0xea;", "=r,r,r", [src],
-                                                 dtype=tl.int16, is_pure=True, pack=2)
+    if ASM:  # PAIR_ASM: lop3 (src & mask | magic), both halves at once; its 32-bit output holds two 16-bit results
+        pair = tl.inline_asm_elementwise(PAIR_ASM, "=r,r,r", [src], dtype=tl.int16, is_pure=True, pack=2)
         return pair.to(DOT_DTYPE, bitcast=True)
     # the interpreter runs no PTX: the same halves, one element at a time
     half = (tl.arange(0, GROUP) % 2) * 16
@@ -286,7 +274,7 @@ def quant_matmul_wa_kernel(
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_LR: tl.constexpr, MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, STAGES: tl.constexpr,
-    PAIRS: tl.constexpr, ASM: tl.constexpr, ATOMIC: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr, ATOMIC: tl.constexpr, PAIR_ASM: tl.constexpr,
 ):
     """The split-K GEMM with the weight as the left operand ("swap AB"): each program sums a
     (BN, BM) block of yᵀ, so the output features fill the tensor cores' 64-row side and the few
@@ -306,7 +294,8 @@ def quant_matmul_wa_kernel(
             # as tensors: the interpreter rejects a mask made with a scalar comparison)
             mask_g = mask_n & (offs_n * 0 + g < G)
             if PAIRS:
-                a = _pair_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, W0, GROUP, BN, DOT_DTYPE, MAGIC, ASM)
+                a = _pair_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, W0, GROUP, BN, DOT_DTYPE, MAGIC, ASM,
+                                PAIR_ASM)
             else:
                 a = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, 0, W0, GROUP, BN, DOT_DTYPE, MAGIC)
             xr, xsum = _group_x(x_ptr, cs_ptr, offs_m, mask_m & (offs_m * 0 + g < G), g, K, GROUP, HAS_CS,
