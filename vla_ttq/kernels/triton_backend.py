@@ -349,8 +349,9 @@ def pair_order(bits: int, group: int) -> tuple[list[int], list[int]] | None:
     (``_pair_codes``): (shifts, channels). Dot index κ = 16s + 8h + 2q + e (the tensor cores' operand
     gives lane q of a quad the pairs κ, κ+1 at 16s + 8h + 2q) is field f + (16/bits)·e of word
     4·l + q, so both codes of a pair sit 16 bits apart in one word, made by one shift (shifts[2s + h]
-    = bits·f) and one LOP3. A lane's 8 pairs of a row fill its words: l = 0 and f = 4h + s... when a
-    group holds 4 words a row (group·bits = 128), else l = 2·(s // (16/bits)) + h, f = s % (16/bits).
+    = bits·f) and one LOP3. A lane's pairs of a row fill its words: l = 0 and f = h·(group/16) + s
+    when a group holds 4 words a row (group·bits = 128), else l = 2·(s // (16/bits)) + h and
+    f = s % (16/bits).
     The channel of field i of word j is i·(words a group) + j (layout.py). None where no such order
     exists (other widths, group·bits < 128)."""
     if bits not in (2, 4) or group % 16 or group * bits < 128:

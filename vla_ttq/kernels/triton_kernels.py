@@ -207,7 +207,7 @@ def _pair_codes(w_ptr, shift_ptr, offs_n, mask_n, g, N, WBITS: tl.constexpr, GRO
                 BN: tl.constexpr, DOT_DTYPE: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
                 PAIR_ASM: tl.constexpr):
     """(BN, GROUP) codes of group g (one 2- or 4-bit slice) as 16-bit floats 2^e + c, in the dot's
-    order κ of the group's channels (the channel of κ is ``pair_tables``' permutation; x is read
+    order κ of the group's channels (the channel of κ is ``pair_order``'s, in triton_backend; x is read
     in the same order). The order is chosen so that each pair (κ, κ+1) a thread holds in the
     tensor cores' operand sits in one word, 16 bits apart: one LOP3 ((w >> shift) & mask | magic)
     makes both halves of the operand's 32-bit register. κ = 16s + 8h + 2q + e: q picks the lane's
