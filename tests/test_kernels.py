@@ -271,7 +271,8 @@ WA_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])  # the interpre
                                                              (4, 32, 7, 1, 1, 0), (2, 256, 4, 1, 2, 8)])
 def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, split, rank):
     """quant_matmul_wa_kernel: 16-bit codes made by OR-ing them into a float's mantissa (a plain
-    conversion for 8-bit codes in bf16), one dot per group and slice, S and Z applied to each
+    conversion for 8-bit codes in bf16; two at a time in pair_order's order at 2 and 4 bits with
+    group·bits >= 128), one dot per group and slice, S and Z applied to each
     group's sum, 2^e·Σx' taken back out; split-K partials or the fused epilogue; N not a multiple
     of the tile, M rows padded, and 3 groups for steps of 2 (the last step half past the layer)."""
     N, K = 80, 3 * group
