@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import l2_bytes, script_args
+from vla_ttq.kernels.bench import l2_bytes, script_args, script_layers
 
 
 @triton.jit
@@ -82,49 +82,43 @@ def hq(x, cs, packed, bn, gt, split, warps, dot_dtype, stages=3):
 
 def main() -> None:
     args = script_args(__doc__, check="one small case, correctness only")
-    from vla_ttq.kernels.bench import graph_time_us, rel_err, rotating_copies
+    from vla_ttq.kernels.bench import graph_time_us, rel_err
     shapes = {"small": (256, 512)} if args.check else {"gate/up": (16384, 2048), "down": (2048, 16384),
                                                       "q/o": (2048, 2048)}
     ms = (8,) if args.check else (8, 16, 64)
     l2 = l2_bytes()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     res = dict(device=torch.cuda.get_device_name(), rows=[])
-    for name, (N, K) in shapes.items():
-        g = torch.Generator(device="cuda").manual_seed(N * 7 + K)
-        w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-        cs = torch.rand(K, device="cuda", generator=g) * 1.5 + 0.5
-        w_copies = rotating_copies(w, 2 * N * K, l2)
-        for bits in (4, 2):
-            packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = rotating_copies(packed, N * K * bits // 8, l2)
-            wref = reference.effective_weight(packed, cs).double()
-            for M in ms:
-                x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-                ref = x.double() @ wref.t()
-                row = dict(layer=name, N=N, K=K, bits=bits, M=M)
-                base = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs, path="dot") for p in copies])
-                bf16 = graph_time_us([lambda wc=wc: x @ wc.t() for wc in w_copies])
-                err_base = rel_err(triton_backend.quant_matmul(x, packed, cs, path="dot"), ref)
-                best = None
-                for bn in (64, 128):
-                    for gt in (2, 4, 8):
-                        n_blocks = math.ceil(N / bn)
-                        for split in sorted({max(1, round(sms / n_blocks)), max(1, round(3 * sms / n_blocks))}):
-                            for dd in (tl.bfloat16, tl.float16):
-                                try:
-                                    err = rel_err(hq(x, cs, packed, bn, gt, split, 4, dd), ref)
-                                    t = graph_time_us([lambda p=p: hq(x, cs, p, bn, gt, split, 4, dd) for p in copies])
-                                except Exception as e:
-                                    print("failed", bn, gt, split, dd, type(e).__name__, str(e)[:200], flush=True)
-                                    continue
-                                cand = dict(BN=bn, GT=gt, split=split, dot=str(dd), us=t, err=err)
-                                res["rows"].append(dict(row, **cand))
-                                if best is None or t < best["us"]:
-                                    best = cand
-                summary = dict(row, bf16_us=bf16, dot_us=base, dot_err=err_base, best=best)
-                res.setdefault("summary", []).append(summary)
-                print(summary, flush=True)
-                (args.out / "hoist_ab.json").write_text(json.dumps(res, indent=1))
+    layers = script_layers(shapes, (4, 2), l2, seed=lambda N, K: N * 7 + K, cs_span=1.5)
+    for name, N, K, bits, g, w, cs, w_copies, packed, copies in layers:
+        wref = reference.effective_weight(packed, cs).double()
+        for M in ms:
+            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+            ref = x.double() @ wref.t()
+            row = dict(layer=name, N=N, K=K, bits=bits, M=M)
+            base = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs, path="dot") for p in copies])
+            bf16 = graph_time_us([lambda wc=wc: x @ wc.t() for wc in w_copies])
+            err_base = rel_err(triton_backend.quant_matmul(x, packed, cs, path="dot"), ref)
+            best = None
+            for bn in (64, 128):
+                for gt in (2, 4, 8):
+                    n_blocks = math.ceil(N / bn)
+                    for split in sorted({max(1, round(sms / n_blocks)), max(1, round(3 * sms / n_blocks))}):
+                        for dd in (tl.bfloat16, tl.float16):
+                            try:
+                                err = rel_err(hq(x, cs, packed, bn, gt, split, 4, dd), ref)
+                                t = graph_time_us([lambda p=p: hq(x, cs, p, bn, gt, split, 4, dd) for p in copies])
+                            except Exception as e:
+                                print("failed", bn, gt, split, dd, type(e).__name__, str(e)[:200], flush=True)
+                                continue
+                            cand = dict(BN=bn, GT=gt, split=split, dot=str(dd), us=t, err=err)
+                            res["rows"].append(dict(row, **cand))
+                            if best is None or t < best["us"]:
+                                best = cand
+            summary = dict(row, bf16_us=bf16, dot_us=base, dot_err=err_base, best=best)
+            res.setdefault("summary", []).append(summary)
+            print(summary, flush=True)
+            (args.out / "hoist_ab.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

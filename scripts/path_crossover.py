@@ -17,7 +17,7 @@ import traceback
 import torch
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
+from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
 LAYERS = {"gemma2b gate/up": (16384, 2048), "gemma2b down": (2048, 16384), "qwen3-4B q": (4096, 2560),
           "qwen3-8B q": (4096, 4096), "qwen3-14B q": (5120, 5120), "qwen3-32B q": (8192, 5120)}
@@ -28,32 +28,26 @@ def main() -> None:
     args = script_args(__doc__)
     l2 = l2_bytes()
     res = dict(device=torch.cuda.get_device_name(), rows=[])
-    for name, (N, K) in LAYERS.items():
-        g = torch.Generator(device="cuda").manual_seed(N + K)
-        w = (torch.randn(N, K, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-        cs = torch.rand(K, device="cuda", generator=g) * 1.5 + 0.5
-        for bits in (2, 3, 4):
-            packed = triton_backend.quantize_pack(w, cs, bits, 64)
-            copies = rotating_copies(packed, N * K * bits // 8, l2)
-            wref = reference.effective_weight(packed, cs).double()
-            for M in MS:
-                x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-                ref = x.double() @ wref.t()
-                row = dict(layer=name, N=N, K=K, bits=bits, M=M)
-                for path in ("dot", "dequant"):
-                    try:
-                        row[f"{path}_err"] = rel_err(triton_backend.quant_matmul(x, packed, cs, path=path), ref)
-                        row[f"{path}_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs, path=path)
-                                                           for p in copies])
-                    except Exception as e:  # recorded: a failing path is a finding too
-                        row[f"{path}_error"] = f"{type(e).__name__}: {e}"[:300]
-                        row[f"{path}_us"] = float("inf")
-                        print(name, bits, M, path, row[f"{path}_error"], flush=True)
-                        traceback.print_exc(limit=-4)
-                res["rows"].append(row)
-                print(name, bits, M, f"dot {row['dot_us']:.1f} dequant {row['dequant_us']:.1f}", flush=True)
-            wins = [r["M"] for r in res["rows"] if r["layer"] == name and r["bits"] == bits and r["dot_us"] < r["dequant_us"]]
-            print(name, bits, "GEMM wins up to M =", max(wins) if wins else None, flush=True)
+    for name, N, K, bits, g, w, cs, _, packed, copies in script_layers(LAYERS, (2, 3, 4), l2, cs_span=1.5):
+        wref = reference.effective_weight(packed, cs).double()
+        for M in MS:
+            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+            ref = x.double() @ wref.t()
+            row = dict(layer=name, N=N, K=K, bits=bits, M=M)
+            for path in ("dot", "dequant"):
+                try:
+                    row[f"{path}_err"] = rel_err(triton_backend.quant_matmul(x, packed, cs, path=path), ref)
+                    row[f"{path}_us"] = graph_time_us([lambda p=p: triton_backend.quant_matmul(x, p, cs, path=path)
+                                                       for p in copies])
+                except Exception as e:  # recorded: a failing path is a finding too
+                    row[f"{path}_error"] = f"{type(e).__name__}: {e}"[:300]
+                    row[f"{path}_us"] = float("inf")
+                    print(name, bits, M, path, row[f"{path}_error"], flush=True)
+                    traceback.print_exc(limit=-4)
+            res["rows"].append(row)
+            print(name, bits, M, f"dot {row['dot_us']:.1f} dequant {row['dequant_us']:.1f}", flush=True)
+        wins = [r["M"] for r in res["rows"] if r["layer"] == name and r["bits"] == bits and r["dot_us"] < r["dequant_us"]]
+        print(name, bits, "GEMM wins up to M =", max(wins) if wins else None, flush=True)
         (args.out / "path_crossover.json").write_text(json.dumps(res, indent=1))
 
 

@@ -753,3 +753,10 @@ def test_gpu_scripts_share_one_seeded_layer_setup():
     assert all(torch.equal(c.data, packed.data) for c in copies) and float(cs.min()) >= 0.5
     again = next(bench.script_layers({"a": (64, 128)}, (4,), l2, device=str(DEV)))
     assert torch.equal(again[5], w)  # seeded by the shape: reruns time the same weights
+    # run 9's scripts: their own seed and a column scale in [0.5, 2.0), drawn as they drew them
+    other = next(bench.script_layers({"a": (64, 128)}, (4,), l2, device=str(DEV), seed=lambda N, K: N * 7 + K,
+                                     cs_span=1.5))
+    g = torch.Generator(device=str(DEV)).manual_seed(64 * 7 + 128)
+    w_run9 = (torch.randn(64, 128, device=str(DEV), generator=g) * 0.02).to(torch.bfloat16)
+    assert torch.equal(other[5], w_run9) and not torch.equal(other[5], w)
+    assert torch.equal(other[6], torch.rand(128, device=str(DEV), generator=g) * 1.5 + 0.5)

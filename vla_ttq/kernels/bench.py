@@ -116,15 +116,17 @@ def rotating_copies(first, nbytes: int, l2_bytes: int) -> list:
     return [first] + [first.clone() for _ in range(n_copies(nbytes, l2_bytes) - 1)]
 
 
-def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: int = 64):
-    """The layer setup the GPU scripts in scripts/ share: for each (N, K) a seeded generator, a bf16
-    weight (std 0.02), a column scale in [0.5, 1.5) and rotating bf16 copies; then for each width
-    the weight packed by the Triton backend with its rotating copies. Yields
-    (name, N, K, bits, generator, w, cs, w_copies, packed, packed_copies)."""
+def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: int = 64, seed=None,
+                  cs_span: float = 1.0):
+    """The layer setup the GPU scripts in scripts/ share: for each (N, K) a generator seeded with
+    ``seed(N, K)`` (default N + K), a bf16 weight (std 0.02), a column scale in [0.5, 0.5 + cs_span)
+    and rotating bf16 copies; then for each width the weight packed by the Triton backend with its
+    rotating copies. Yields (name, N, K, bits, generator, w, cs, w_copies, packed, packed_copies).
+    (The seed and span let run 9's scripts reproduce the weights their recorded data used.)"""
     for name, (N, K) in layers.items():
-        g = torch.Generator(device=device).manual_seed(N + K)
+        g = torch.Generator(device=device).manual_seed(seed(N, K) if seed else N + K)
         w = (torch.randn(N, K, device=device, generator=g) * 0.02).to(torch.bfloat16)
-        cs = torch.rand(K, device=device, generator=g) + 0.5
+        cs = torch.rand(K, device=device, generator=g) * cs_span + 0.5  # x 1.0 is exact: the same values
         w_copies = rotating_copies(w, N * K * 2, l2)
         for bits in bits_list:
             packed = triton_backend.quantize_pack(w, cs, bits, group)
