@@ -294,15 +294,22 @@ def _stream_buffer(device: torch.device, key: tuple, make):
     return _GEMV1_BUFFERS[full]
 
 
-def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2, rows: int = 1) -> tuple:
+def _split_k_buffers(device: torch.device, N: int, tws_numel: int, rows: int) -> tuple:
     """Split-K workspace ws (rows·N,) fp32, lock counters (N,) int32 and the low-rank workspace tws
-    (``tws_numel`` fp32: rows·BR per column block), all zero between calls (the kernel's last
-    programs reset them), and an x / cs scratch of ``xs_numel`` fp32 (``_stream_buffer``)."""
+    (``tws_numel`` fp32: rows·BR per column block), all zero between calls: the kernels' last
+    programs reset them (``_gemv1_split_k_tail``, shared by the GEMV and the weight-as-left-operand
+    GEMM; ``_stream_buffer``)."""
     ws, lock = _stream_buffer(device, ("ws", N, rows), lambda: (
         torch.zeros(rows * N, device=device, dtype=torch.float32), torch.zeros(N, device=device, dtype=torch.int32)))
-    xs = _stream_buffer(device, ("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
     tws = _stream_buffer(device, ("tws", tws_numel),
                          lambda: torch.zeros(tws_numel, device=device, dtype=torch.float32))
+    return ws, lock, tws
+
+
+def _gemv1_buffers(device: torch.device, N: int, xs_numel: int, tws_numel: int = 2, rows: int = 1) -> tuple:
+    """``_split_k_buffers`` and the GEMV's x / cs scratch of ``xs_numel`` fp32: (ws, lock, xs, tws)."""
+    ws, lock, tws = _split_k_buffers(device, N, tws_numel, rows)
+    xs = _stream_buffer(device, ("xs", xs_numel), lambda: torch.empty(xs_numel, device=device, dtype=torch.float32))
     return ws, lock, xs, tws
 
 
@@ -344,7 +351,8 @@ def _shift_table(device: torch.device) -> torch.Tensor:
     return _stream_buffer(device, ("shift_table",), lambda: torch.arange(32, device=device, dtype=torch.int32))
 
 
-def pair_order(bits: int, group: int) -> tuple[list[int], list[int]] | None:
+@functools.cache  # asked on every launch of the GEMM
+def pair_order(bits: int, group: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The weight-as-left-operand GEMM's order of a group's channels for one 2- or 4-bit slice
     (``_pair_codes``): (shifts, channels). Dot index κ = 16s + 8h + 2q + e (the tensor cores' operand
     gives lane q of a quad the pairs κ, κ+1 at 16s + 8h + 2q) is field f + (16/bits)·e of word
@@ -365,7 +373,7 @@ def pair_order(bits: int, group: int) -> tuple[list[int], list[int]] | None:
             for q in range(4):
                 for e in range(2):
                     channels[16 * s + 8 * h + 2 * q + e] = (f + ppw * e) * wg + 4 * word + q
-    return shifts, channels
+    return tuple(shifts), tuple(channels)
 
 
 def _pair_asm(bits: int, magic: int) -> str:
@@ -411,7 +419,7 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
         pairs = magic != 0 and bm <= PAIRS_MAX_BM and pair_order(packed.bits, packed.group) is not None
         ws, lock = x2, x2
         if atomic:
-            ws, lock, _, tpart = _gemv1_buffers(x2.device, N, 1, grid[0] * bm * common["BR"], rows=bm)
+            ws, lock, tpart = _split_k_buffers(x2.device, N, grid[0] * bm * common["BR"], rows=bm)
         kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device), ws, lock)
         extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting(),
                      ATOMIC=atomic, PAIR_ASM=_pair_asm(packed.bits, magic) if pairs else "")
