@@ -605,6 +605,10 @@ def test_auto_never_picks_the_interpreter_and_overrides_are_checked():
     with pytest.raises(ValueError, match="cannot run 2-bit"):
         kernels.select_backend(DEV, 2, 64, "torch_int4")
     assert "triton" not in kernels.available_backends(DEV, 4, 48)
+    # 96 is a multiple of 32, but the kernels' tiles need a power of two: another backend runs it
+    assert "triton" not in kernels.available_backends(DEV, 4, 96) and "reference" in kernels.available_backends(DEV, 4, 96)
+    with pytest.raises(ValueError, match="cannot run 4-bit g96"):
+        kernels.select_backend(DEV, 4, 96, "triton")
 
 
 def test_quant_linear_and_ttq_linear_run_through_the_triton_backend():

@@ -122,8 +122,9 @@ def triton_installed() -> bool:
 
 
 def is_available(device: torch.device, bits: int, group: int) -> bool:
-    """CUDA, or CPU under the Triton interpreter (tests); planar layout needs group % 32 == 0."""
-    if group % 32 or not 1 <= bits <= 8 or not triton_installed():
+    """CUDA, or CPU under the Triton interpreter (tests); the planar layout needs group % 32 == 0 and
+    the kernels' tiles (tl.arange) a power of two: 32, 64, 128, ... (96 takes another backend)."""
+    if group % 32 or group & (group - 1) or not 1 <= bits <= 8 or not triton_installed():
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
