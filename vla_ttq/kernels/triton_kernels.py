@@ -465,12 +465,32 @@ def _store_words(words, out_ptr, n3, g3, mask, N, row0, WBITS: tl.constexpr, GRO
 
 
 @triton.jit
+def _group_params(wmax, wmin, nu_a, nu_b, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
+                  PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr):
+    """(S, Z) of groups from their max and min, as ``quantize_groupwise`` forms them (symmetric or
+    ν-expanded range, a floor for flat groups, rounding to the storage dtype)."""
+    if SYMMETRIC:
+        wmax = tl.maximum(tl.abs(wmax), tl.abs(wmin))
+        wmin = -wmax
+    if HAS_NU:
+        wmax, wmin = nu_a * wmax + nu_b * wmin, nu_b * wmax + nu_a * wmin  # nu_a = (1+nu)/2, nu_b = (1-nu)/2
+    scale = (wmax - wmin) / QMAX
+    floor = tl.maximum(tl.maximum(tl.abs(wmax), tl.abs(wmin)) * 9.5367431640625e-07, 1.1754943508222875e-38)
+    scale = tl.where(scale > 0, scale, floor)
+    if PARAM_DTYPE != tl.float32:
+        scale = _round_to(scale, PARAM_DTYPE)
+        scale = tl.where(scale > 0, scale, PARAM_MIN)
+        wmin = _round_to(wmin, PARAM_DTYPE)
+    return scale, wmin
+
+
+@triton.jit
 def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G, R, row1, row2, nu_a, nu_b,
                     BITS: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr,
                     OFF1: tl.constexpr, OFF2: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
                     BR: tl.constexpr, CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr,
                     BRK: tl.constexpr, IEEE: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
-                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr, DENSE: tl.constexpr):
+                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr, DENSE: tl.constexpr, HELD: tl.constexpr):
     """TTQ's online step in one pass over W: (W - B A)·cs, group min/max, S and Z rounded to their
     storage dtype, codes rounded half-to-even, and then either packed into the planar layout, or
     (DENSE) written back dequantized as (Ŵ / cs + B A)ᵀ in out's dtype (K, N), the weight cuBLAS
@@ -480,7 +500,11 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
 
     A program quantizes GT groups of BR rows, tensors (GT, BR, CH), in chunks of CH channels that
     each thread holds whole (``_w_chunk``; neighbouring lanes take neighbouring rows): a first
-    sweep finds each group's min/max, a second (the same chunks, from L1) rounds and packs. Run 9
+    sweep finds each group's min/max, a second rounds and packs. HELD: the second sweep takes the
+    first's chunks (a tuple) instead of loading and scaling them again. For the packed output ptxas
+    already kept them in registers (the same SASS); the dense output's stores in between made it
+    reload, and there HELD took the gate/up pass from 62.1 to 51.6 µs (H200, session 13,
+    docs/kernels/h200_run13_quantize_held_ab.json). Run 9
     (H200): the (BR, GT·GROUP) tile it replaced spread a group over 8 threads, and its min/max and
     the OR that packs a word went through warp shuffles: 28 SASS instructions a weight against 16.
     Lanes on neighbouring groups of a row instead (longer runs of W a load) lost on every layer.
@@ -501,29 +525,24 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
         b_rows = _lowrank_rows(b_ptr, offs_n, R, BRK)
     wmax = tl.full((GT, BR, CH), float("-inf"), tl.float32)
     wmin = tl.full((GT, BR, CH), float("inf"), tl.float32)
+    held = ()
     for c in tl.static_range(GROUP // CH):
         w, ba = _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP, CH, HAS_CS, HAS_LR, BRK, IEEE)
         wmax = tl.maximum(wmax, w)
         wmin = tl.minimum(wmin, w)
-    wmax = tl.max(wmax, axis=2)
-    wmin = tl.min(wmin, axis=2)
-    if SYMMETRIC:
-        wmax = tl.maximum(tl.abs(wmax), tl.abs(wmin))
-        wmin = -wmax
-    if HAS_NU:
-        wmax, wmin = nu_a * wmax + nu_b * wmin, nu_b * wmax + nu_a * wmin  # nu_a = (1+nu)/2, nu_b = (1-nu)/2
-    scale = (wmax - wmin) / QMAX
-    floor = tl.maximum(tl.maximum(tl.abs(wmax), tl.abs(wmin)) * 9.5367431640625e-07, 1.1754943508222875e-38)
-    scale = tl.where(scale > 0, scale, floor)
-    if PARAM_DTYPE != tl.float32:
-        scale = _round_to(scale, PARAM_DTYPE)
-        scale = tl.where(scale > 0, scale, PARAM_MIN)
-        wmin = _round_to(wmin, PARAM_DTYPE)
+        if HELD:
+            held = held + ((w, ba),)
+    scale, wmin = _group_params(tl.max(wmax, axis=2), tl.min(wmin, axis=2), nu_a, nu_b, QMAX, SYMMETRIC, HAS_NU,
+                                PARAM_DTYPE, PARAM_MIN)
     words0 = tl.zeros((GT, BR, CH), tl.int32)
     words1 = tl.zeros((GT, BR, CH), tl.int32)
     words2 = tl.zeros((GT, BR, CH), tl.int32)
     for c in tl.static_range(GROUP // CH):
-        w, ba = _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP, CH, HAS_CS, HAS_LR, BRK, IEEE)
+        if HELD:
+            w, ba = held[c]
+        else:
+            w, ba = _w_chunk(w_ptr, cs_ptr, b_rows, a_ptr, n3, g3, g0, c, mask, K, R, GROUP, CH, HAS_CS, HAS_LR, BRK,
+                             IEEE)
         v = (w - wmin[:, :, None]) / scale[:, :, None]
         # Round half to even (like torch.round) by adding 1.5·2^23 and clamp there: the float's
         # low mantissa bits are then the code (round-then-clamp, without a float-to-int conversion)
