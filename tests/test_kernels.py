@@ -544,6 +544,12 @@ def test_dequantize_kernel_gives_the_effective_weight():
     b, a = rand(16, 8, scale=0.1), rand(8, 128, scale=0.1)  # low-rank term folded in (large-M path)
     w_lr = triton_backend.dequantize_t(packed, cs, torch.float32, (b, a)).t()
     assert rel_err(w_lr, ref + b.double() @ a.double()) < (1e-3 if CUDA else 1e-6)  # tf32 tensor cores on GPU
+    buf = torch.full((128, 16), float("nan"), device=DEV)  # out=: written in place, every element
+    assert triton_backend.dequantize_t(packed, cs, torch.float32, out=buf) is buf and torch.equal(buf.t(), w)
+    w16 = rand(16, 128)
+    dense = triton_backend.qdq_weight(w16, cs, 3, 64, dtype=torch.float32)
+    buf.fill_(float("nan"))
+    assert torch.equal(triton_backend.qdq_weight(w16, cs, 3, 64, dtype=torch.float32, out=buf), dense)
 
 
 def test_a_tile_that_does_not_fit_falls_back_to_the_next_and_is_remembered(monkeypatch):

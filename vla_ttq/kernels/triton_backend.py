@@ -458,12 +458,14 @@ def _tune(key, cands, run) -> tuple:
 
 
 def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dtype: torch.dtype,
-                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """(Ŵ / cs + B A)ᵀ as a dense (K, N) tensor in ``dtype`` (one Triton pass, coalesced along N;
-    the low-rank term B A only when ``lowrank`` = (B, A) is given)."""
+    the low-rank term B A only when ``lowrank`` = (B, A) is given), into ``out`` if given."""
     tk = _tk()
     N, K = packed.shape
-    out = torch.empty((K, N), device=packed.data.device, dtype=dtype)
+    if out is None:
+        out = torch.empty((K, N), device=packed.data.device, dtype=dtype)
     sl = _slices(packed.bits, K)
     bn, bk = 128, 32
     lr_b, lr_a = _lowrank_args(lowrank)
@@ -577,9 +579,10 @@ def _launch_first_that_fits(key, failed, cands, launch) -> None:
                        f"K={key[2]}, bits={key[3]}, group={key[4]}, M<={key[5]}: tried {[failed] + list(cands)}")
 
 
-def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dense_dtype=None):
+def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dense_dtype=None,
+                     dense_out=None):
     """quantize_kernel over W (N, K): into the planar layout, or (``dense_dtype``) dequantized into
-    a dense (K, N) tensor. Returns (out, S, Z) (S, Z: None when dense)."""
+    a dense (K, N) tensor (``dense_out`` if given). Returns (out, S, Z) (S, Z: None when dense)."""
     tk = _tk()
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D, got shape {tuple(w.shape)}")
@@ -607,7 +610,8 @@ def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowr
         scale = torch.empty((G, N), device=w.device, dtype=scale_dtype)
         zero = torch.empty((G, N), device=w.device, dtype=scale_dtype)
     else:
-        out = torch.empty((K, N), device=w.device, dtype=dense_dtype)  # transposed: see _store_dense
+        # transposed: see _store_dense
+        out = torch.empty((K, N), device=w.device, dtype=dense_dtype) if dense_out is None else dense_out
         scale = zero = None
     tk.quantize_kernel[(math.ceil(N / br), math.ceil(G / gt))](
         w, w if cs is None else cs, w if lr_b is None else lr_b, w if lr_a is None else lr_a, out,
@@ -632,11 +636,13 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
 
 
 def qdq_weight(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtype=torch.float16, lowrank=None,
-               dtype: torch.dtype = torch.bfloat16, tile: tuple[int, int, int] | None = None) -> torch.Tensor:
+               dtype: torch.dtype = torch.bfloat16, tile: tuple[int, int, int] | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Q[(w - B A)·cs] / cs + B A as a dense (N, K) ``dtype`` tensor, in one pass over w: what
     quantize_pack then dequantizing gives, without the packed codes in between. It is the
-    transposed view of a (K, N) tensor (written so for speed); F.linear takes it without a copy."""
-    return _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dtype)[0].t()
+    transposed view of a (K, N) tensor (written so for speed; into ``out`` (K, N) if given); F.linear
+    takes it without a copy."""
+    return _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile, dtype, out)[0].t()
 
 
 def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, nu=1.0,
