@@ -90,6 +90,7 @@ QUANTIZE_TILE = (32, 1, 1)
 # against 92.9; scripts/qdq_tiles.py)
 QDQ_TILE = (64, 1, 2)
 QUANTIZE_HELD = True  # the online quantize's second sweep reuses the first's chunks of W (quantize_kernel's HELD)
+QDQ_FAST_DIV = True  # the dense online step divides by cs with div.approx (2 instructions) instead of div.full (~6)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
 # (device, stream, kind, size) -> buffers, never freed (see _stream_buffer)
 _GEMV1_BUFFERS: dict[tuple, object] = {}
@@ -622,7 +623,7 @@ def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowr
         BRK=max(16, _next_pow2(0 if lr_a is None else lr_a.shape[0])),
         IEEE=lr_b is not None and lr_b.dtype == torch.float32, SYMMETRIC=symmetric, HAS_NU=nu != 1.0,
         PARAM_DTYPE=_tl_dtype(scale_dtype), PARAM_MIN=_PARAM_MIN[scale_dtype], DENSE=dense_dtype is not None,
-        HELD=QUANTIZE_HELD, num_warps=warps)
+        HELD=QUANTIZE_HELD, ASM=QDQ_FAST_DIV and not interpreting(), num_warps=warps)
     return out, scale, zero
 
 

@@ -490,7 +490,8 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
                     OFF1: tl.constexpr, OFF2: tl.constexpr, GROUP: tl.constexpr, GT: tl.constexpr,
                     BR: tl.constexpr, CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr,
                     BRK: tl.constexpr, IEEE: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_NU: tl.constexpr,
-                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr, DENSE: tl.constexpr, HELD: tl.constexpr):
+                    PARAM_DTYPE: tl.constexpr, PARAM_MIN: tl.constexpr, DENSE: tl.constexpr, HELD: tl.constexpr,
+                    ASM: tl.constexpr):
     """TTQ's online step in one pass over W: (W - B A)·cs, group min/max, S and Z rounded to their
     storage dtype, codes rounded half-to-even, and then either packed into the planar layout, or
     (DENSE) written back dequantized as (Ŵ / cs + B A)ᵀ in out's dtype (K, N), the weight cuBLAS
@@ -503,8 +504,8 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
     sweep finds each group's min/max, a second rounds and packs. HELD: the second sweep takes the
     first's chunks (a tuple) instead of loading and scaling them again. For the packed output ptxas
     already kept them in registers (the same SASS); the dense output's stores in between made it
-    reload, and there HELD took the gate/up pass from 62.1 to 51.6 µs (H200, session 13,
-    docs/kernels/h200_run13_quantize_held_ab.json). Run 9
+    reload, and there HELD took the gate/up pass from 63.3 to 48.1 µs, the same bits (H200, session
+    13, docs/kernels/h200_run13_quantize_held_ab.json; ASM's division on in both). Run 9
     (H200): the (BR, GT·GROUP) tile it replaced spread a group over 8 threads, and its min/max and
     the OR that packs a word went through warp shuffles: 28 SASS instructions a weight against 16.
     Lanes on neighbouring groups of a row instead (longer runs of W a load) lost on every layer.
@@ -549,7 +550,7 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
         q = tl.minimum(tl.maximum(v + 12582912.0, 12582912.0), 12582912.0 + QMAX)
         if DENSE:
             _store_dense(out_ptr, q - 12582912.0, scale, wmin, ba, cs_ptr, n3, g3, c, mask, N, K, GROUP, CH,
-                         HAS_CS, HAS_LR)
+                         HAS_CS, HAS_LR, ASM)
         else:
             bits = q.to(tl.int32, bitcast=True)
             words0 = _field_words(words0, bits, c, 0, W0, GROUP, CH)
@@ -570,7 +571,7 @@ def quantize_kernel(w_ptr, cs_ptr, b_ptr, a_ptr, out_ptr, s_ptr, z_ptr, N, K, G,
 
 @triton.jit
 def _store_dense(out_ptr, code, scale, zero, ba, cs_ptr, n3, g3, c, mask, N, K, GROUP: tl.constexpr,
-                 CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr):
+                 CH: tl.constexpr, HAS_CS: tl.constexpr, HAS_LR: tl.constexpr, ASM: tl.constexpr):
     """One chunk of Ŵ / cs + B A into out (K, N): the reference's dequantize (codes·S + Z in fp32),
     its division by cs, the low-rank term added back, one rounding to out's dtype. Transposed, so
     that the lanes (neighbouring rows of W) write neighbouring addresses: stored (N, K), each lane
@@ -578,8 +579,14 @@ def _store_dense(out_ptr, code, scale, zero, ba, cs_ptr, n3, g3, c, mask, N, K, 
     152.9 (H200, docs/kernels/h200_run10_ttq_call_ab_rowmajor_store.json)."""
     kk = g3 * GROUP + c * CH + tl.arange(0, CH)[None, None, :]
     w = code * scale[:, :, None] + zero[:, :, None]
-    if HAS_CS:  # approximate division (2 ulp of fp32; out is 16-bit): the IEEE one doubled the instructions
-        w = tl.fdiv(w, tl.load(cs_ptr + kk, mask=(kk < K), other=1.0), ieee_rounding=False)
+    if HAS_CS:  # approximate division, 2 ulp of fp32 either way (out is 16-bit); the IEEE one doubled the
+        # instructions. ASM: div.approx (MUFU.RCP + FMUL), where Triton's div.full adds ~4 range checks
+        c_s = tl.broadcast_to(tl.load(cs_ptr + kk, mask=(kk < K), other=1.0), w.shape)
+        if ASM:
+            w = tl.inline_asm_elementwise("div.approx.ftz.f32 $0, $1, $2;", "=r,r,r", [w, c_s], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        else:
+            w = tl.fdiv(w, c_s, ieee_rounding=False)
     if HAS_LR:
         w = w + ba
     tl.store(out_ptr + kk * N + n3, w.to(out_ptr.dtype.element_ty), mask=mask)
