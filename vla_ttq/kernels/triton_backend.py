@@ -85,10 +85,11 @@ LOWRANK_FOLD_MAX_NK = 12 << 20
 # Rows, groups and warps of an online-quantize program; the smallest won on every Gemma-2B layer (H200, run 9:
 # gate/up W4 32.5 µs against 32.9 at (64, 1, 2) and 33.7 at (128, 1, 4); scripts/quantize_ab.py)
 QUANTIZE_TILE = (32, 1, 1)
-# The same for the dense online step (qdq_weight), which writes 2 bytes a weight besides: (64, 1, 2) won or tied
-# on every layer measured, r = 0 and 16 (H200, session 10: gate/up r0 62.6 us against 65.2 at (32, 1, 1), r16 78.8
-# against 92.9; scripts/qdq_tiles.py)
-QDQ_TILE = (64, 1, 2)
+# The same for the dense online step (qdq_weight), which writes 2 bytes a weight besides. Since its chunks are
+# held and it divides with div.approx (session 13), (32, 1, 2) won on the large layers at r = 0 and 16 (H200:
+# gate/up r0 45.6 us against 47.7 at run 10's (64, 1, 2), r16 67.0 against 72.7; down r16 73.1 against 77.8) and
+# was within 0.4 us on the small ones (docs/kernels/h200_run13_qdq_tiles.json, scripts/qdq_tiles.py)
+QDQ_TILE = (32, 1, 2)
 QUANTIZE_HELD = True  # the online quantize's second sweep reuses the first's chunks of W (quantize_kernel's HELD)
 QDQ_FAST_DIV = True  # the dense online step divides by cs with div.approx (2 instructions) instead of div.full (~6)
 _TUNED: dict[tuple, tuple] = {}  # key -> chosen config, filled by autotuning
