@@ -82,9 +82,14 @@ WA_ATOMIC_TAIL = True
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
 LOWRANK_FOLD_MAX_NK = 12 << 20
-# Rows, groups and warps of an online-quantize program; the smallest won on every Gemma-2B layer (H200, run 9:
-# gate/up W4 32.5 µs against 32.9 at (64, 1, 2) and 33.7 at (128, 1, 4); scripts/quantize_ab.py)
+# Rows, groups and warps of an online-quantize program; one warp of 32 rows won among run 9's tiles (H200: gate/up
+# W4 32.5 µs against 32.9 at (64, 1, 2) and 33.7 at (128, 1, 4); scripts/quantize_ab.py)
 QUANTIZE_TILE = (32, 1, 1)
+# At 4 bits without a low-rank term, two threads a row won (H200, session 13, scripts/qdq_tiles.py,
+# docs/kernels/h200_run13_qdq_tiles_pack.json: gate/up 30.7 us against 32.9 at (32, 1, 1), down 29.6 against 32.3,
+# q/o 5.9 against 7.4; the same bits). It lost 0.9-1.5 us at 2 bits and 1.3-1.7 us at r = 16 on the large layers,
+# which keep QUANTIZE_TILE
+QUANTIZE_TILE_BY_BITS = {4: (64, 1, 4)}
 # The same for the dense online step (qdq_weight), which writes 2 bytes a weight besides. Since its chunks are
 # held and it divides with div.approx (session 13), (32, 1, 2) won on the large layers at r = 0 and 16 (H200:
 # gate/up r0 45.6 us against 47.7 at run 10's (64, 1, 2), r16 67.0 against 72.7; down r16 73.1 against 77.8) and
@@ -595,8 +600,9 @@ def _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowr
     w = w.contiguous()
     G = K // group
     sl = _slices(bits, K)
-    br, gt, warps = tile or ((QUANTIZE_TILE if dense_dtype is None else QDQ_TILE) if w.device.type == "cuda"
-                             else (8, 1, 1))
+    default = (QDQ_TILE if dense_dtype is not None else QUANTIZE_TILE if lowrank is not None
+               else QUANTIZE_TILE_BY_BITS.get(bits, QUANTIZE_TILE))
+    br, gt, warps = tile or (default if w.device.type == "cuda" else (8, 1, 1))
     gt = min(gt, _next_pow2(G))
     lr_b, lr_a = _lowrank_args(lowrank)
     if lr_b is not None:
@@ -632,7 +638,7 @@ def quantize_pack(w, col_scale, bits, group, symmetric=False, nu=1.0, scale_dtyp
                   lowrank=None, tile: tuple[int, int, int] | None = None) -> PlanarPackedWeight:
     """TTQ's online step, one Triton pass: Q[(w - B A) * col_scale] straight into the planar layout
     (``lowrank`` = (B, A), or None). ``tile`` = (rows, groups, warps) of a program overrides
-    QUANTIZE_TILE (sweeps)."""
+    QUANTIZE_TILE / QUANTIZE_TILE_BY_BITS (sweeps)."""
     data, scale, zero = _launch_quantize(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, tile)
     return PlanarPackedWeight(data, scale.t(), zero.t(), bits, group, tuple(w.shape))
 
