@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
+from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, script_args, script_layers
 
 LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384)}
 LAYERS = {k: LAYERS[k] for k in os.environ.get("G1_LAYERS", ",".join(LAYERS)).split(",")}
@@ -40,18 +40,8 @@ def main() -> None:
         row = dict(layer=name, N=N, K=K, bits=bits, heuristic=first, tiles=[])
         row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
         for cfg in [first] + [t for t in TILES if t != first]:
-            t = dict(cfg=cfg)
-            try:
-                triton_backend._launch_gemv1(cfg, x, cs, packed, None, None, out)
-                t["err"] = rel_err(out, ref)
-                if t["err"] > 1e-2:
-                    raise AssertionError(f"wrong result: {t['err']:.2e}")
-                t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None, out)
-                                         for p in copies])
-            except Exception as e:  # a tile that fails is a finding, not the end of the run
-                t["error"] = f"{type(e).__name__}: {e}"[:300]
-                t["us"] = float("inf")
-            row["tiles"].append(t)
+            row["tiles"].append(dict(cfg=cfg, **checked_time(
+                lambda p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None, out), copies, ref)))
         best = sorted(row["tiles"], key=lambda t: t["us"])
         row["heuristic_us"] = row["tiles"][0]["us"]
         row["best_us"], row["best_cfg"] = best[0]["us"], best[0]["cfg"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import triton_backend as tb
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, rotating_copies, script_args
+from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, rotating_copies, script_args
 from vla_ttq.kernels.layout import PlanarPackedWeight
 
 LAYERS = {"gate/up": (16384, 2048), "gate+up": (32768, 2048), "down": (2048, 16384), "q/o": (2048, 2048)}
@@ -86,16 +86,6 @@ def ttq_by_columns(x, w, s, bits, nc):
     return y
 
 
-def timed(fn, copies, want) -> dict:
-    try:
-        err = rel_err(fn(copies[0]), want)
-        if err > 1e-2:
-            raise AssertionError(f"wrong result: {err:.2e}")
-        return dict(us=graph_time_us([lambda c=c: fn(c) for c in copies]), err=err)
-    except Exception as e:  # a variant that fails is a finding, not the end of the run
-        return dict(us=float("inf"), error=f"{type(e).__name__}: {e}"[:300])
-
-
 def main() -> None:
     args = script_args(__doc__)
     l2 = l2_bytes()
@@ -115,21 +105,25 @@ def main() -> None:
                 p_copies = rotating_copies(packed, N * K * bits // 8, l2)
                 want = x.double() @ tb.dequantize_t(packed, cs, torch.float32).double()
                 row = dict(layer=name, N=N, K=K, M=M, bits=bits, bf16_us=bf16, path=tb.path_for(M, N, K, bits))
-                row["packed_whole"] = timed(lambda p: tb.quant_matmul(x, p, cs, path="dequant"), p_copies, want)
+                row["packed_whole"] = checked_time(lambda p: tb.quant_matmul(x, p, cs, path="dequant"), p_copies,
+                                                   want)
                 for nc in N_CHUNKS:
                     if N >= 2 * nc:
                         cc = [column_chunks(p, nc) for p in p_copies]
-                        row[f"packed_n{nc}"] = timed(lambda c, nc=nc: packed_by_columns(x, c, cs, nc), cc, want)
+                        row[f"packed_n{nc}"] = checked_time(lambda c, nc=nc: packed_by_columns(x, c, cs, nc), cc,
+                                                            want)
                 for kc in K_CHUNKS:
                     if K >= 2 * kc:
                         cc = [row_chunks(p, kc) for p in p_copies]
-                        row[f"packed_k{kc}"] = timed(lambda c, kc=kc: packed_by_rows(x, c, cs, kc), cc, want)
+                        row[f"packed_k{kc}"] = checked_time(lambda c, kc=kc: packed_by_rows(x, c, cs, kc), cc, want)
                 s = cs  # TTQ's column scale (any positive vector times the same work)
                 want_t = x.double() @ tb.qdq_weight(w, s, bits, GROUP, dtype=torch.float32).double().t()
-                row["ttq_whole"] = timed(lambda c: tb.online_matmul(x, c, s, None, None, bits, GROUP), w_copies, want_t)
+                row["ttq_whole"] = checked_time(lambda c: tb.online_matmul(x, c, s, None, None, bits, GROUP), w_copies,
+                                                want_t)
                 for nc in N_CHUNKS:
                     if N >= 2 * nc:
-                        row[f"ttq_n{nc}"] = timed(lambda c, nc=nc: ttq_by_columns(x, c, s, bits, nc), w_copies, want_t)
+                        row[f"ttq_n{nc}"] = checked_time(lambda c, nc=nc: ttq_by_columns(x, c, s, bits, nc),
+                                                         w_copies, want_t)
                 res["rows"].append(row)
                 cells = "  ".join(f"{k} {v['us']:.1f}" for k, v in row.items() if isinstance(v, dict))
                 print(f"{name:8s} M={M} W{bits} bf16 {bf16:.1f}  {cells}  [{time.time() - t_start:.0f}s]", flush=True)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import graph_time_us, l2_bytes, rel_err, script_args, script_layers
+from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
 LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384), "q/o": (2048, 2048)}
 LAYERS = {k: LAYERS[k] for k in os.environ.get("WA_LAYERS", ",".join(LAYERS)).split(",")}
@@ -63,18 +63,8 @@ def main() -> None:
         variants += [("wa", c) for c in wa_cfgs(M, N, K, sms)]
         row["tiles"] = []
         for kind, cfg in variants:
-            t = dict(kind=kind, cfg=cfg)
-            try:
-                triton_backend._launch(cfg, x, cs, packed, None, None, out)
-                t["err"] = rel_err(out, ref)
-                if t["err"] > 1e-2:
-                    raise AssertionError(f"wrong result: {t['err']:.2e}")
-                t["us"] = graph_time_us([lambda p=p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out)
-                                         for p in copies])
-            except Exception as e:  # a tile that fails is a finding, not the end of the run
-                t["error"] = f"{type(e).__name__}: {e}"[:300]
-                t["us"] = float("inf")
-            row["tiles"].append(t)
+            row["tiles"].append(dict(kind=kind, cfg=cfg, **checked_time(
+                lambda p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out), copies, ref)))
         wa = [t for t in row["tiles"] if t["kind"] == "wa"]
         best = min(wa, key=lambda t: t["us"])
         row["wa_best_us"], row["wa_best_cfg"] = best["us"], best["cfg"]

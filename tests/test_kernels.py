@@ -767,6 +767,30 @@ def test_gpu_scripts_share_one_argument_parser(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def test_gpu_scripts_check_each_variant_before_timing_it():
+    from vla_ttq.kernels import bench
+
+    ref = torch.arange(1.0, 5.0, dtype=torch.float64)
+    copies = [torch.ones(4), torch.ones(4)]
+    timed = []
+
+    def timer(fns):  # stands in for the CUDA-graph timing: runs each call once
+        timed.extend(f() for f in fns)
+        return 7.0
+
+    ok = bench.checked_time(lambda c: c * ref.float(), copies, ref, timer=timer)
+    assert ok == dict(us=7.0, err=0.0) and len(timed) == 2  # every copy timed, after the check
+    wrong = bench.checked_time(lambda c: c * 2 * ref.float(), copies, ref, timer=timer)
+    assert wrong["us"] == float("inf") and "wrong result" in wrong["error"] and len(timed) == 2  # never timed
+    nan = bench.checked_time(lambda c: c * float("nan"), copies, ref, timer=timer)
+    assert nan["us"] == float("inf") and "wrong result" in nan["error"]
+
+    def out_of_memory(c):
+        raise RuntimeError("out of shared memory")
+    failed = bench.checked_time(out_of_memory, copies, ref, timer=timer)
+    assert failed == dict(us=float("inf"), error="RuntimeError: out of shared memory")
+
+
 def test_gpu_scripts_share_one_seeded_layer_setup():
     from vla_ttq.kernels import bench
 

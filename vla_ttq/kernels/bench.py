@@ -133,6 +133,20 @@ def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: in
             yield name, N, K, bits, g, w, cs, w_copies, packed, rotating_copies(packed, N * K * bits // 8, l2)
 
 
+def checked_time(run, copies: list, ref: torch.Tensor, tol: float = 1e-2, timer=None) -> dict:
+    """What the GPU scripts record for one variant: ``run(copies[0])`` (it returns the output)
+    checked against the float64 ``ref`` first, then timed over all copies (``graph_time_us``, or
+    ``timer``). A variant that fails to compile or launch, or is wrong, is a finding, not the end
+    of the run: {"us": inf, "error": ...}; else {"us": ..., "err": relative error}."""
+    try:
+        err = rel_err(run(copies[0]), ref)
+        if not err <= tol:  # NaN fails too
+            raise AssertionError(f"wrong result: {err:.2e}")
+        return dict(us=(timer or graph_time_us)([lambda c=c: run(c) for c in copies]), err=err)
+    except Exception as e:
+        return dict(us=float("inf"), error=f"{type(e).__name__}: {e}"[:300])
+
+
 def script_args(doc: str | None = None, check: str | None = None, argv=None) -> argparse.Namespace:
     """Arguments of the GPU scripts in scripts/: ``--out DIR`` (created) and, with ``check`` (its
     help text), a ``--check`` flag for a small correctness-only run."""

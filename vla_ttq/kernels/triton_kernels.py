@@ -580,7 +580,8 @@ def _store_dense(out_ptr, code, scale, zero, ba, cs_ptr, n3, g3, c, mask, N, K, 
     kk = g3 * GROUP + c * CH + tl.arange(0, CH)[None, None, :]
     w = code * scale[:, :, None] + zero[:, :, None]
     if HAS_CS:  # approximate division, 2 ulp of fp32 either way (out is 16-bit); the IEEE one doubled the
-        # instructions. ASM: div.approx (MUFU.RCP + FMUL), where Triton's div.full adds ~4 range checks
+        # instructions. ASM: div.approx (MUFU.RCP + FMUL), where Triton's div.full adds ~4 range checks;
+        # .ftz flushes subnormal quotients (below 1.2e-38) to zero
         c_s = tl.broadcast_to(tl.load(cs_ptr + kk, mask=(kk < K), other=1.0), w.shape)
         if ASM:
             w = tl.inline_asm_elementwise("div.approx.ftz.f32 $0, $1, $2;", "=r,r,r", [w, c_s], dtype=tl.float32,
