@@ -675,6 +675,10 @@ _STAT_MODE = {2.0: 0, math.inf: 1}
 # Up to here column_scale's last program keeps every channel's statistic in registers and finishes alone;
 # beyond it a second launch spreads the float64 log/exp over many programs (K = 16384: ~40 µs alone, H200)
 SCALE_HELD_MAX_K = 4096
+# Channels a step of the finish kernel's last program, which writes s = u·g for all K alone: 8192 against 1024
+# took K = 16384 from 17.0 to 14.9 µs at 1 token and 21.4 to 19.2 at 800, the same bits (H200, session 13,
+# scripts/column_scale_tiles.py, docs/kernels/h200_run13_column_scale_tiles.json)
+SCALE_TAIL_CHUNK = 8192
 # (device, λ, α) -> float64 [1-λ, λ, ½α, 1e-12], never freed: graphs keep its address
 _SCALE_PARAMS: dict[tuple, torch.Tensor] = {}
 
@@ -714,7 +718,7 @@ def column_scale(x: torch.Tensor, p: float = 2.0, lam: float = 0.4, alpha: float
         parts = torch.empty(math.ceil(K / fbk), device=dev, dtype=torch.float64)
         tk.column_scale_finish_kernel[(parts.numel(),)](
             stat, glob, _SCALE_PARAMS[key], u, parts, _counter(dev, "column_scale_finish"), s, M, K, args[1],
-            MODE=mode, BK=fbk, FK=1024, num_warps=4)
+            MODE=mode, BK=fbk, FK=1024, TK=SCALE_TAIL_CHUNK, num_warps=4)
     return s
 
 

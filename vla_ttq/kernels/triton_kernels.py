@@ -679,7 +679,7 @@ def _column_scale_held(stat_ptr, s_ptr, offs, M, K, two_over_p, one_m_lam, lam, 
 
 @triton.jit
 def column_scale_finish_kernel(stat_ptr, glob_ptr, prm_ptr, u_ptr, part_ptr, lock_ptr, s_ptr, M, K, two_over_p,
-                               MODE: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr):
+                               MODE: tl.constexpr, BK: tl.constexpr, FK: tl.constexpr, TK: tl.constexpr):
     """The wide-layer half of ``column_scale_kernel``: each program forms log_s and u = exp(log_s)
     (float64) for its BK channels and stores its Σ log_s; the last to arrive adds those sums in
     program order and writes s = u · exp(-mean(log_s)), a multiply a channel instead of a float64
@@ -704,8 +704,8 @@ def column_scale_finish_kernel(stat_ptr, glob_ptr, prm_ptr, u_ptr, part_ptr, loc
         for i0 in range(0, n, FK):
             tot += tl.load(part_ptr + i0 + offs, mask=i0 + offs < n, other=0.0)
         g = tl.exp(-(tl.sum(tot, axis=0) / K))
-        for k0 in range(0, K, FK):
-            fk = k0 + offs
+        for k0 in range(0, K, TK):  # TK channels a step: this one program's loop is the launch's tail
+            fk = k0 + tl.arange(0, TK)
             u = tl.load(u_ptr + fk, mask=fk < K, other=0.0)
             tl.store(s_ptr + fk, (u * g).to(tl.float32), mask=fk < K)
         tl.atomic_xchg(lock_ptr, 0)
