@@ -30,7 +30,7 @@ if os.environ.get("WA_TILES"):
 
 
 def wa_cfgs(M: int, N: int, K: int, sms: int) -> list[tuple]:
-    bm = min(64, max(16, triton_backend._next_pow2(M)))
+    bm = triton_backend._gemm_rows(M)
     cfgs = [(bm, bn, gt, triton_backend._split(K // 64, gt, N, bn, M, bm, waves, sms), warps, stages)
             for bn, warps, gt, stages, waves in WA_TILES]
     return list(dict.fromkeys(cfgs))

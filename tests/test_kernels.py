@@ -366,7 +366,7 @@ def test_weight_as_left_operand_gemm_makes_code_pairs_where_they_won(monkeypatch
     monkeypatch.setattr(triton_backend._tk(), "quant_matmul_wa_kernel",
                         _Recording(kernel, "wa", launched, key="PAIRS"))
     out = torch.full((M, N), float("nan"), device=DEV, dtype=torch.float16)
-    bm = min(64, max(16, triton_backend._next_pow2(M)))
+    bm = triton_backend._gemm_rows(M)
     triton_backend._launch((bm, 64, 1, 2, 4, 2), x, cs.float(), packed, None, None, out)
     assert launched == [("wa", pairs)]
     assert rel_err(out, ref_matmul(x, packed, cs)) < (TOL if CUDA else 2e-3)

@@ -172,12 +172,17 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _gemm_rows(M: int) -> int:
+    """Rows of a tensor-core GEMM tile for M tokens: a power of two from 16 (tl.dot's least) to 64."""
+    return min(64, max(16, _next_pow2(M)))
+
+
 def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list[tuple]:
     """(BM, BN, GT, split, num_warps) candidates of the tensor-core GEMM; the first one is the
     heuristic's choice."""
     G = K // group
     out = []
-    bm = min(64, max(16, _next_pow2(M)))
+    bm = _gemm_rows(M)
     gt_min = _gt_min(bits, group)
     shapes = [(bm, 128, gt_min, 4, (2, 4)), (bm, 64, gt_min, 4, (2, 1)), (bm, 128, gt_min, 8, (2,)),
               (bm, 64, 2 * gt_min, 4, (2,))]
@@ -215,7 +220,7 @@ def _wa_heuristic(M: int, N: int, G: int, sms: int) -> tuple:
     16 tokens (since the atomic split-K tail of run 12: down W4 M = 16 15.4 µs, where 1 an SM took
     18.1) and 1 above; at 33-64 tokens 128 columns and as close to 2 programs an SM as rounding
     down allows (gate/up: 2 splits, 36.1 µs, where 3 took 45.6)."""
-    bm = min(64, max(16, _next_pow2(M)))
+    bm = _gemm_rows(M)
     if bm == 64:
         return bm, 128, 1, max(1, min(G, 2 * sms // math.ceil(N / 128))), 4, 3
     return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 16 else 1, sms), 4, 3
