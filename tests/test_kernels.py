@@ -721,6 +721,42 @@ def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range():
     assert len(list(mod.tiles(16384, 32, 8, quick=False))) > len(list(mod.tiles(16384, 32, 8, quick=True))) > 0
 
 
+def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path):
+    """scripts/cuda_gemv_ab.py (run 14) builds scripts/cuda_gemv1.cu once per tile with NVRTC on the GPU.
+    Its tile rules must match the kernel's assumptions, and where nvcc is installed the source must
+    compile for sm_90a in both ways of feeding it (registers, bulk copies) and in its read-only form."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))  # the script imports stream_ceiling beside it
+    try:
+        spec = importlib.util.spec_from_file_location("cuda_gemv_ab", scripts / "cuda_gemv_ab.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(scripts))
+    for name, (N, K) in mod.LAYERS.items():
+        assert all(mod.valid(N, K, t) for t in mod.TILES[name]), name
+    assert not mod.valid(2048, 16384, (64, 3, 8, 8, None))  # 8 groups do not split over 3 thread rows evenly
+    assert not mod.valid(16384, 2048, (64, 2, 8, 8, None))  # 4 K splits cannot fill a cluster of 8
+    assert not mod.valid(16384, 2048, (64, 2, 4, 8, 3))  # a thread has 2 groups: a ring of 3 is too deep
+    assert mod.dynamic_smem(4, (128, 2, 4, 8, "bulk")) == 4 * (8 * 512 * 4 + 2 * 512 * 2 + 8)
+    assert mod.dynamic_smem(2, (64, 2, 4, 8, 2)) == 0
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed: the .cu source is only built on the GPU machine")
+    for defs in ("-DBITS=4 -DTX=64 -DTK=4 -DGPC=16 -DCL=2 -DPIPE=2", "-DBITS=2 -DTX=32 -DTK=4 -DGPC=8 -DCL=8 -DBULK=1",
+                 "-DBITS=4 -DTX=16 -DTK=16 -DGPC=32 -DCL=8 -DREAD_ONLY=1"):
+        out = subprocess.run([nvcc, "-cubin", "-arch=sm_90a", "-std=c++17", *defs.split(), "-o",
+                              str(tmp_path / "g.cubin"), str(scripts / "cuda_gemv1.cu")], capture_output=True, text=True)
+        assert out.returncode == 0, f"{defs}: {out.stderr[-2000:]}"
+        assert (tmp_path / "g.cubin").stat().st_size > 0
+
+
 def test_kernel_benchmark_names_an_unknown_shape_set(capsys):
     from vla_ttq.kernels import bench
 
