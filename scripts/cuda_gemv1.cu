@@ -13,6 +13,7 @@
 //   PIPE       groups in flight per thread in registers (default: all of its groups)
 //   BULK       1: the CTA's tile goes to shared memory by bulk copies instead, with
 //              GPC * (WG * BN * 4 + BN * 4 + 8) bytes of dynamic shared memory
+//   X_FIRST    1: x and cs are loaded before the weight (else after it, in the x' phase)
 //   READ_ONLY  1: only read words, S and Z and reduce over K (the read ceiling; wrong sums)
 // Grid: (N / (4 TX), K / (64 GPC)); block: TX * TK threads.
 
@@ -21,6 +22,9 @@
 #endif
 #ifndef BULK
 #define BULK 0
+#endif
+#ifndef X_FIRST
+#define X_FIRST 0
 #endif
 
 #define GROUP 64
@@ -34,6 +38,7 @@
 #ifndef PIPE
 #define PIPE GPT                 // groups in flight per thread
 #endif
+#define XITER ((GPC + NT / 32 - 1) / (NT / 32))  // groups of the x' phase per warp
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -144,6 +149,19 @@ gemv1_cuda(const int* __restrict__ words, const u16* __restrict__ S, const u16* 
     const int n0 = blockIdx.x * BN, n = n0 + 4 * tx;
     const int g0 = blockIdx.y * GPC;
 
+#if X_FIRST && !READ_ONLY
+    // x and cs for the x' phase are loaded before the weight, so that they do not queue behind it
+    u16 xr[XITER][2];
+    float cr[XITER][2];
+#pragma unroll
+    for (int it = 0; it < XITER; ++it) {
+        const int gi = tid / 32 + it * (NT / 32), k = (g0 + gi) * GROUP + tid % 32;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            if (gi < GPC) xr[it][h] = x[k + 32 * h], cr[it][h] = cs[k + 32 * h];
+    }
+#endif
+
 #if BULK
     // the CTA's whole tile is requested at once by warp 0 with bulk copies (one per word row and
     // per S / Z row), one mbarrier per group: no registers hold loads in flight, and each group's
@@ -220,32 +238,39 @@ gemv1_cuda(const int* __restrict__ words, const u16* __restrict__ S, const u16* 
 #else
     // x' = x / cs for the CTA's groups, one warp per group: its |max| and sum, then the fp16 pairs
     // x' / |max| * 2^-bit laid out to meet the two halves of a word
-    for (int gi = tid / 32; gi < GPC; gi += NT / 32) {
-        const int lane = tid % 32, kb = (g0 + gi) * GROUP;
-        float v[2];
-        float amax = 0.f, sum = 0.f;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int k = kb + lane + 32 * h;
-            v[h] = bf16_to_f32(x[k]) / cs[k];
-            amax = fmaxf(amax, fabsf(v[h]));
-            sum += v[h];
-        }
+    for (int it = 0; it < XITER; ++it) {
+        const int gi = tid / 32 + it * (NT / 32);
+        if (gi < GPC) {  // the same for the whole warp
+            const int lane = tid % 32, kb = (g0 + gi) * GROUP;
+            float v[2];
+            float amax = 0.f, sum = 0.f;
 #pragma unroll
-        for (int o = 16; o; o >>= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        }
-        const float a = amax > 0.f ? amax : 1.f;
+            for (int h = 0; h < 2; ++h) {
+#if X_FIRST
+                v[h] = bf16_to_f32(xr[it][h]) / cr[it][h];
+#else
+                v[h] = bf16_to_f32(x[kb + lane + 32 * h]) / cs[kb + lane + 32 * h];
+#endif
+                amax = fmaxf(amax, fabsf(v[h]));
+                sum += v[h];
+            }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int pos = lane + 32 * h, i = pos / WG, j = pos % WG, p = i % NP;
-            const float val = v[h] / a * __int_as_float((127 - field_bit(p)) << 23);
-            xp[((gi * WG + j) * NP + p) * 2 + (i >= NP)] = f32_to_f16(val);
-        }
-        if (lane == 0) {
-            gstat[gi][0] = a;
-            gstat[gi][1] = sum;
+            for (int o = 16; o; o >>= 1) {
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            }
+            const float a = amax > 0.f ? amax : 1.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int pos = lane + 32 * h, i = pos / WG, j = pos % WG, p = i % NP;
+                const float val = v[h] / a * __int_as_float((127 - field_bit(p)) << 23);
+                xp[((gi * WG + j) * NP + p) * 2 + (i >= NP)] = f32_to_f16(val);
+            }
+            if (lane == 0) {
+                gstat[gi][0] = a;
+                gstat[gi][1] = sum;
+            }
         }
     }
     __syncthreads();

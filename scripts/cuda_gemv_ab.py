@@ -1,6 +1,6 @@
 """Can a CUDA C GEMV with a cluster K reduction beat the Triton GEMV at M = 1? (GPU only, experiment)
 
-    python scripts/cuda_gemv_ab.py --out DIR          (CG_LAYERS=gate/up,down  CG_BITS=4,2)
+    python scripts/cuda_gemv_ab.py --out DIR    (CG_LAYERS=gate/up,down  CG_BITS=4,2  CG_SET=loads|pipe|bulk|xfirst)
 
 ``scripts/cuda_gemv1.cu`` (compiled with torch's NVRTC wrapper for sm_90a; one build per tile)
 reads the same planar words, S and Z as ``gemv1_kernel`` and adds the K splits of a column block
@@ -8,7 +8,8 @@ through distributed shared memory inside a thread-block cluster (with global ato
 clusters). Timed side by side in one run on Gemma-2B's large layers, one token, g64: bf16 cuBLAS,
 the Triton GEMV (heuristic tile), the best Triton read-only tile of run 13 (scripts/stream_ceiling.py)
 and every CUDA tile, each GEMV checked against float64 first; the CUDA read-only variant
-(READ_ONLY=1: same loads and K reduction, no arithmetic) beside each tile. Writes cuda_gemv_ab.json.
+(READ_ONLY=1: same loads and K reduction, no arithmetic) beside each tile. CG_SET picks one of the
+tile sets of run 14's calls (default: the last). Writes cuda_gemv_ab.json.
 """
 
 from __future__ import annotations
@@ -35,15 +36,35 @@ LAYERS = {k: LAYERS[k] for k in os.environ.get("CG_LAYERS", ",".join(LAYERS)).sp
 BITS = tuple(int(b) for b in os.environ.get("CG_BITS", "4,2").split(","))
 # (TX, TK, GPC, CL, PIPE): 4*TX columns and GPC groups per CTA, TK thread rows over the groups, CL CTAs
 # per cluster, PIPE groups in flight per thread in registers (None: all at once; "bulk": the CTA's tile
-# goes to shared memory by bulk copies, one mbarrier per group)
-TILES = {
-    "gate/up": [(64, 2, 4, 8, None), (64, 4, 16, 2, 2), (128, 2, 4, 8, "bulk"), (128, 4, 8, 4, "bulk"),
-                (64, 4, 8, 4, "bulk"), (64, 2, 4, 8, "bulk"), (128, 2, 8, 4, "bulk"), (64, 4, 16, 2, "bulk"),
-                (32, 4, 8, 4, "bulk"), (64, 8, 8, 4, "bulk"), (128, 1, 4, 8, "bulk"), (64, 4, 4, 8, "bulk")],
-    "down": [(64, 2, 4, 8, None), (32, 4, 16, 8, 2), (32, 8, 32, 8, "bulk"), (16, 16, 32, 8, "bulk"),
-             (32, 8, 16, 8, "bulk"), (64, 8, 16, 8, "bulk"), (16, 8, 16, 8, "bulk"), (64, 4, 8, 8, "bulk"),
-             (32, 16, 32, 8, "bulk"), (64, 4, 16, 8, "bulk"), (32, 4, 8, 8, "bulk")],
+# goes to shared memory by bulk copies, one mbarrier per group). Run 14's four device calls, in order
+# (CG_SET; "xfirst" times each tile with x loaded after and before the weight, X_FIRST = 0 / 1):
+TILE_SETS = {
+    "loads": {"gate/up": [(128, 2, 4, 8, None), (64, 2, 4, 8, None), (64, 4, 8, 4, None), (32, 4, 8, 4, None),
+                          (128, 4, 4, 8, None), (128, 1, 4, 8, None), (32, 2, 4, 8, None), (128, 2, 8, 4, None),
+                          (64, 1, 2, 8, None), (64, 2, 2, 8, None), (128, 1, 1, 8, None)],
+              "down": [(16, 16, 32, 8, None), (32, 16, 32, 8, None), (32, 8, 32, 8, None), (64, 4, 8, 8, None),
+                       (32, 8, 16, 8, None), (64, 8, 16, 8, None), (128, 4, 8, 8, None), (32, 4, 8, 8, None),
+                       (64, 2, 4, 8, None), (128, 2, 4, 8, None), (16, 8, 16, 8, None)]},
+    "pipe": {"gate/up": [(64, 2, 4, 8, None), (128, 2, 4, 8, None), (32, 4, 32, 1, 2), (32, 4, 32, 1, 3),
+                         (32, 8, 32, 1, 2), (16, 8, 32, 1, 2), (16, 4, 32, 1, 3), (32, 4, 16, 2, 2), (32, 2, 8, 4, 2),
+                         (64, 2, 8, 4, 2), (64, 4, 16, 2, 2), (64, 1, 8, 4, 2), (64, 1, 8, 4, 3), (16, 2, 16, 2, 4)],
+             "down": [(64, 2, 4, 8, None), (16, 16, 32, 8, None), (16, 8, 32, 8, 2), (16, 4, 32, 8, 3),
+                      (32, 4, 32, 8, 2), (32, 4, 32, 8, 3), (64, 2, 16, 8, 2), (32, 4, 16, 8, 2), (16, 4, 16, 8, 2),
+                      (32, 2, 16, 8, 3), (16, 2, 16, 8, 4), (32, 2, 32, 8, 4)]},
+    "bulk": {"gate/up": [(64, 2, 4, 8, None), (64, 4, 16, 2, 2), (128, 2, 4, 8, "bulk"), (128, 4, 8, 4, "bulk"),
+                         (64, 4, 8, 4, "bulk"), (64, 2, 4, 8, "bulk"), (128, 2, 8, 4, "bulk"), (64, 4, 16, 2, "bulk"),
+                         (32, 4, 8, 4, "bulk"), (64, 8, 8, 4, "bulk"), (128, 1, 4, 8, "bulk"), (64, 4, 4, 8, "bulk")],
+             "down": [(64, 2, 4, 8, None), (32, 4, 16, 8, 2), (32, 8, 32, 8, "bulk"), (16, 16, 32, 8, "bulk"),
+                      (32, 8, 16, 8, "bulk"), (64, 8, 16, 8, "bulk"), (16, 8, 16, 8, "bulk"), (64, 4, 8, 8, "bulk"),
+                      (32, 16, 32, 8, "bulk"), (64, 4, 16, 8, "bulk"), (32, 4, 8, 8, "bulk")]},
+    "xfirst": {"gate/up": [(64, 2, 4, 8, None), (64, 4, 16, 2, 2), (64, 2, 8, 4, 2), (32, 4, 16, 2, 2),
+                           (64, 4, 8, 4, None), (32, 4, 8, 4, None), (64, 4, 4, 8, None), (128, 2, 4, 8, None)],
+               "down": [(16, 16, 32, 8, None), (64, 2, 4, 8, None), (32, 4, 16, 8, 2), (16, 8, 32, 8, 2),
+                        (32, 16, 32, 8, None), (16, 16, 16, 8, None), (32, 8, 16, 8, None), (16, 8, 16, 8, None)]},
 }
+TILE_SET = os.environ.get("CG_SET", "xfirst")
+TILES = TILE_SETS[TILE_SET]
+X_FIRST = (0, 1) if TILE_SET == "xfirst" else (0,)
 # the best Triton read-only tile per (layer, bits) in run 13 (docs/kernels/h200_run13_stream_ceiling.md):
 # (BN, warps, splits, C, stages)
 TRITON_READ = {("gate/up", 4): (1024, 8, 32, 1, 1), ("gate/up", 2): (1024, 8, 32, 1, 1),
@@ -51,9 +72,9 @@ TRITON_READ = {("gate/up", 4): (1024, 8, 32, 1, 1), ("gate/up", 2): (1024, 8, 32
 _compile = getattr(torch.cuda, "compile_kernel", None) or torch.cuda._compile_kernel
 
 
-def build(bits, tx, tk, gpc, cl, pipe, read_only=False):
+def build(bits, tx, tk, gpc, cl, pipe, read_only=False, x_first=0):
     opts = [f"-DBITS={bits}", f"-DTX={tx}", f"-DTK={tk}", f"-DGPC={gpc}", f"-DCL={cl}",
-            f"-DREAD_ONLY={int(read_only)}", "-std=c++17"]
+            f"-DREAD_ONLY={int(read_only)}", f"-DX_FIRST={x_first}", "-std=c++17"]
     opts += ["-DBULK=1"] if pipe == "bulk" else [f"-DPIPE={pipe}"] if pipe else []
     return _compile(SRC, "gemv1_cuda", compute_capability="90a", nvcc_options=opts)
 
@@ -69,6 +90,42 @@ def dynamic_smem(bits, tile):
     """Bytes of dynamic shared memory a bulk tile takes (cuda_gemv1.cu: words, S, Z, one mbarrier per group)."""
     tx, _, gpc, _, pipe = tile
     return gpc * (2 * bits * 4 * tx * 4 + 4 * tx * 4 + 8) if pipe == "bulk" else 0
+
+
+def time_tile(name, bits, N, K, tile, x, cs, out, copies, ref) -> list:
+    """Entries for one tile: the GEMV checked and timed for each X_FIRST, its read-only build timed once."""
+    tx, tk, gpc, cl, _ = tile
+    grid, block, smem = (N // (4 * tx), K // 64 // gpc, 1), (tx * tk, 1, 1), dynamic_smem(bits, tile)
+    ws = torch.zeros(N, device="cuda")
+    counters = torch.zeros(N // (4 * tx), device="cuda", dtype=torch.int32)
+
+    def run(p, k):
+        k(grid=grid, block=block, args=[p.data, p.scale_t, p.zero_t, x, cs, out, ws, counters, N], shared_mem=smem)
+        return out
+
+    entries, read_us = [], None
+    for xf in X_FIRST:
+        entry = dict(tile=tile, x_first=xf, ctas=grid[0] * grid[1], threads=block[0], smem=smem)
+        entries.append(entry)
+        try:
+            kern = build(bits, *tile, x_first=xf)
+            kern.set_shared_memory_config(smem)
+        except Exception as e:
+            entry.update(us=float("inf"), error=f"{type(e).__name__}: {e}"[:600])
+            print(f"{name} W{bits} {tile}: build failed: {entry['error']}", flush=True)
+            continue
+        entry.update(checked_time(lambda p, k=kern: run(p, k), copies, ref))
+        if read_us is None:
+            try:  # the read-only build's sums are meaningless: timed, not checked
+                kern_read = build(bits, *tile, read_only=True)
+                kern_read.set_shared_memory_config(smem)
+                read_us = graph_time_us([lambda p=p: run(p, kern_read) for p in copies])
+            except RuntimeError as e:
+                read_us, entry["read_error"] = float("inf"), f"{type(e).__name__}: {e}"[:300]
+        entry["read_us"] = read_us
+        print(f"{name} W{bits} {tile} x_first={xf} ctas={entry['ctas']} thr={block[0]}: {entry['us']:.2f} µs "
+              f"(read-only {read_us:.2f}) err={entry.get('err', entry.get('error'))}", flush=True)
+    return entries
 
 
 def main() -> None:
@@ -94,40 +151,11 @@ def main() -> None:
             for p in copies])
         row["cuda"] = []
         for tile in TILES[name]:
-            if not valid(N, K, tile):
-                continue
-            tx, tk, gpc, cl, _ = tile
-            grid, block = (N // (4 * tx), G // gpc, 1), (tx * tk, 1, 1)
-            ws = torch.zeros(N, device="cuda")
-            counters = torch.zeros(N // (4 * tx), device="cuda", dtype=torch.int32)
-            entry = dict(tile=tile, ctas=grid[0] * grid[1], threads=block[0])
-            smem = dynamic_smem(bits, tile)
-            entry["smem"] = smem
-            try:
-                kern, kern_read = build(bits, *tile), build(bits, *tile, read_only=True)
-                for k in (kern, kern_read):
-                    k.set_shared_memory_config(smem)
-            except Exception as e:
-                entry.update(us=float("inf"), error=f"{type(e).__name__}: {e}"[:600])
-                row["cuda"].append(entry)
-                print(f"{name} W{bits} {tile}: build failed: {entry['error']}", flush=True)
-                continue
-
-            def run(p, k=kern, grid=grid, block=block, ws=ws, counters=counters, smem=smem):
-                k(grid=grid, block=block, args=[p.data, p.scale_t, p.zero_t, x, cs, out, ws, counters, N],
-                  shared_mem=smem)
-                return out
-            entry.update(checked_time(run, copies, ref))
-            try:  # the read-only variant's sums are meaningless: timed, not checked
-                entry["read_us"] = graph_time_us([lambda p=p, k=kern_read: run(p, k) for p in copies])
-            except RuntimeError as e:
-                entry.update(read_us=float("inf"), read_error=f"{type(e).__name__}: {e}"[:300])
-            row["cuda"].append(entry)
-            print(f"{name} W{bits} {tile} ctas={entry['ctas']} thr={block[0]}: {entry['us']:.2f} µs "
-                  f"(read-only {entry['read_us']:.2f}) err={entry.get('err', entry.get('error'))}", flush=True)
-        best = min(row["cuda"], key=lambda e: e["us"], default=dict(us=float("inf"), tile=None))
+            if valid(N, K, tile):
+                row["cuda"] += time_tile(name, bits, N, K, tile, x, cs, out, copies, ref)
+        best = min(row["cuda"], key=lambda e: e["us"], default=dict(us=float("inf"), tile=None, x_first=0))
         print(f"== {name} W{bits}: bf16 {row['bf16_us']:.2f}  triton {row['triton']['us']:.2f} "
-              f"(read tile {row['triton_read_us']:.2f})  cuda best {best['us']:.2f} {best['tile']}  "
+              f"(read tile {row['triton_read_us']:.2f})  cuda best {best['us']:.2f} {best['tile']} x_first={best['x_first']}  "
               f"floor {row['floor_us']:.2f}  [{time.time() - t0:.0f}s]", flush=True)
         res["rows"].append(row)
         (args.out / "cuda_gemv_ab.json").write_text(json.dumps(res, indent=1))

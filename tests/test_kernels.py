@@ -739,8 +739,9 @@ def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path):
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(scripts))
-    for name, (N, K) in mod.LAYERS.items():
-        assert all(mod.valid(N, K, t) for t in mod.TILES[name]), name
+    for set_name, tiles in mod.TILE_SETS.items():
+        for name, (N, K) in mod.LAYERS.items():
+            assert all(mod.valid(N, K, t) for t in tiles[name]), (set_name, name)
     assert not mod.valid(2048, 16384, (64, 3, 8, 8, None))  # 8 groups do not split over 3 thread rows evenly
     assert not mod.valid(16384, 2048, (64, 2, 8, 8, None))  # 4 K splits cannot fill a cluster of 8
     assert not mod.valid(16384, 2048, (64, 2, 4, 8, 3))  # a thread has 2 groups: a ring of 3 is too deep
