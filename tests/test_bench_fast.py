@@ -377,3 +377,24 @@ def test_weight_bytes_count_a_backends_layout_copy(derived_backend):
     want = sum(t.untyped_storage().nbytes() for t in (m.weight, *packed.tensors().values(), s))
     assert packed.derived is not None
     assert weight_bytes(torch.nn.Sequential(m), [], torch.device("cpu"))["weights"] == want
+
+
+def test_switch_sensitivity_script_runs_on_the_tiny_model_and_names_a_bad_switch(tmp_path):
+    """scripts/switch_sensitivity.py (run 14) compares the fast path with a kernel switch on, on again and
+    off against the plain path. On the CPU the reference backend ignores the switch, so every fast run
+    must be the same; a name that is not a boolean switch is refused by name."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "switch_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("switch_sensitivity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--out", str(tmp_path), "--preset", "tiny", "--device", "cpu", "--ranks", "4"])
+    res = json.loads((tmp_path / "switch_sensitivity.json").read_text())
+    assert [r["mode"] for r in res["rows"]] == ["bf16", "ttq W4 r4 call LM"]
+    for row in res["rows"]:
+        assert row["on vs off"] == row["on vs on again"] == row["plain vs plain again"] == 0.0
+        assert 0.0 < row["on vs plain"] == row["off vs plain"] < 1e-2  # fast and plain differ only by rounding
+    with pytest.raises(SystemExit, match="SCALE_TAIL_CHUNK is not a boolean switch"):
+        mod.main(["--out", str(tmp_path), "--switch", "SCALE_TAIL_CHUNK"])
