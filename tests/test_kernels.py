@@ -683,6 +683,45 @@ def test_triton_at_pi05_gate_shape(M):
     assert rel_err(triton_backend.quant_matmul(x, packed, cs), ref_matmul(x, packed, cs)) < 1e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("M", [1, 3, 16])
+def test_autotuner_times_every_candidate_and_keeps_a_correct_tile(monkeypatch, M):
+    """VLA_TTQ_AUTOTUNE: the first call of a shape times each tile candidate (CUDA-graph replays) and
+    remembers one of them; that tile and every later call give the right result, and the timing runs
+    only once per shape. Also a graph captured after tuning replays the tuned tile."""
+    N, K = 2048, 2048  # M = 1: the GEMV; 3 and 16: the tensor-core GEMM (path_for)
+    assert triton_backend.path_for(M, N, K, 4) == ("gemv" if M == 1 else "dot")
+    packed = triton_backend.quantize_pack(rand(N, K, scale=0.02).to(torch.bfloat16), col_scale(K), 4, 64)
+    x, cs = rand(M, K).to(torch.bfloat16), col_scale(K)
+    lowrank = (rand(N, 16, scale=0.02).to(torch.bfloat16), rand(16, K, scale=0.02).to(torch.bfloat16))
+    monkeypatch.setenv("VLA_TTQ_AUTOTUNE", "all")
+    monkeypatch.setattr(triton_backend, "_TUNED", {})
+    timed = []
+    real_tune = triton_backend._tune
+
+    def tune(key, cands, run):
+        timed.append((key, list(cands)))
+        return real_tune(key, cands, run)
+
+    monkeypatch.setattr(triton_backend, "_tune", tune)
+    ref = ref_matmul(x, packed, cs, lowrank)
+    y = triton_backend.quant_matmul(x, packed, cs, lowrank)
+    assert len(timed) == 1 and len(timed[0][1]) > 1
+    key, cands = timed[0]
+    assert triton_backend._TUNED[key] in cands
+    assert rel_err(y, ref) < 1e-2
+    assert rel_err(triton_backend.quant_matmul(x, packed, cs, lowrank), ref) < 1e-2 and len(timed) == 1
+    out = torch.empty(M, N, device=DEV, dtype=torch.bfloat16)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(triton_backend.quant_matmul(x, packed, cs, lowrank))
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, ref) < 1e-2 and len(timed) == 1
+
+
 def test_marlin_is_unavailable_without_vllm_or_matches_reference():
     from vla_ttq.kernels import marlin
 
