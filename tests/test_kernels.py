@@ -319,8 +319,8 @@ def test_pair_order_puts_each_operand_pair_in_one_word_16_bits_apart(bits, group
 def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_faster():
     """The heuristic tile is the new kernel's on the large layers at W2 from 3 to 64 tokens (H200 runs
     11-12) and at W4 from 3 to 32 (run 12, with code pairs and atomic split-K), Gemma-2B gate/up and
-    down, and from 3 to 32 tokens on layers of 4M-12M weights (run 12, 2048 x 2048); elsewhere it
-    is only a candidate for the autotuner."""
+    down, from 3 to 32 tokens on layers of 4M-12M weights (run 12, 2048 x 2048), and from 2 to 32 on
+    smaller ones (run 14); elsewhere it is only a candidate for the autotuner."""
     first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
     assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
     assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
@@ -332,8 +332,9 @@ def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_fast
     assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
     assert first(4, 16, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
     assert first(4, 3, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # from 3 tokens (run 12)
-    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 33, 16384, 2048), (2, 8, 2048, 1024), (2, 40, 2048, 2048),
-                          (3, 8, 16384, 2048)]:
+    assert first(2, 8, 2048, 1024) == (16, 128, 1, 16, 4, 3)  # under 4M weights, from 2 to 32 tokens (run 14)
+    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 33, 16384, 2048), (2, 33, 2048, 1024), (2, 40, 2048, 2048),
+                          (3, 8, 16384, 2048), (3, 8, 2048, 1024)]:
         assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
         assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
 
@@ -467,11 +468,12 @@ def test_fp16x2_pairs_path_survives_activations_beyond_fp16_and_zero_groups(bits
             assert rel_err(out, ref) < PAIRS_TOL and rel_err(out[1:], ref[1:]) < PAIRS_TOL, cfg
 
 
-@pytest.mark.parametrize("M", [1, 2])
-def test_small_m_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch, M):
-    """quant_matmul routes one or two tokens (any layer) to gemv1_kernel; calls that reuse the
-    workspace are not polluted by the ones before (the counters and partial sums were reset)."""
-    packed = triton_backend.quantize_pack(rand(96, 512), None, 4, 64)
+@pytest.mark.parametrize("M, bits", [(1, 4), (2, 3)])
+def test_small_m_calls_take_the_one_launch_gemv_and_repeat_exactly(monkeypatch, M, bits):
+    """quant_matmul routes one token (any layer) and two (any layer but a 2/4-bit one under 4M
+    weights, which takes the weight-as-left-operand GEMM since run 14) to gemv1_kernel; calls that
+    reuse the workspace are not polluted by the ones before (the counters and partial sums were reset)."""
+    packed = triton_backend.quantize_pack(rand(96, 512), None, bits, 64)
     x1, x2, cs = rand(M, 512).to(XDTYPE), rand(M, 512).to(XDTYPE), col_scale(512)
     calls = []
     orig = triton_backend._launch_gemv1
@@ -588,10 +590,16 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048, 3) == "gemv"
     # 3-4 tokens at 2 and 4 bits from 4M weights: the weight-as-left-operand GEMM beat the GEMV (run 12)
     assert triton_backend.path_for(3, 2048, 2048, 4) == "dot" and triton_backend.path_for(2, 16384, 2048, 2) == "gemv"
-    assert triton_backend.path_for(2, 256, 256) == "gemv" and triton_backend.path_for(3, 2048, 1024) == "dot"
+    assert triton_backend.path_for(3, 2048, 1024) == "dot"
     assert triton_backend.path_for(5, 256, 256) == "dot" and triton_backend.path_for(8, 2048, 2048) == "dot"
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
-    assert triton_backend.path_for(16, 2048, 1024) == "dequant"  # small layer: cuBLAS on Ŵ wins
+    # layers under 4M weights: the weight-as-left-operand GEMM from 2 to 32 tokens (H200 run 14: it beat the
+    # GEMV, the split-K GEMM and dequantize + cuBLAS on every small layer), one group a program, 64 or 128 columns
+    assert [triton_backend.path_for(M, 256, 2048) for M in (1, 2, 16, 32, 33)] == ["gemv", "dot", "dot", "dot", "dequant"]
+    assert triton_backend.path_for(16, 2048, 1024, 2) == "dot" and triton_backend.path_for(2, 256, 2048, 3) == "gemv"
+    assert triton_backend._candidates(4, 64, 2048, 256, 3, 132)[0] == (16, 64, 1, 32, 4, 3)
+    assert triton_backend._candidates(2, 64, 1024, 2048, 32, 132)[0] == (32, 128, 1, 16, 4, 3)
+    assert triton_backend._candidates(4, 64, 2048, 2048, 3, 132)[0] == (16, 256, 1, 32, 4, 3)  # 4M: not small
     # mid-size layers (4M-12M weights) keep the GEMM up to 32 tokens since run 12 (2048 x 2048: 6.0-8.8 µs
     # against 10.0-10.2 for dequantize + cuBLAS), and lose it above
     assert triton_backend.path_for(16, 2048, 2048) == "dot" and triton_backend.path_for(32, 2048, 2048, 2) == "dot"

@@ -71,6 +71,13 @@ WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weig
 WA_FIRST_M = {2: (3, 64), 4: (3, 32)}
 WA_MIN_NK = 4 << 20
 WA_MID_MAX_M = 32
+# Below WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) it comes first from 2 to 32 tokens too, with every
+# program on one group (split = G) and 64 columns where N <= 512, else 128: the split-K GEMM's tile, the GEMV (2-4
+# tokens) and dequantize + cuBLAS (9-32) had too few programs or a launch too many, and it beat all three on every
+# small layer measured (H200 run 14, scripts/small_layer_tiles.py: k/v 256 x 2048 at 3 tokens 3.5 µs against 6.4 for
+# the GEMM and 5.9 for the GEMV, at 16 tokens 3.8 against 7.0 for dequantize + cuBLAS; that column rule stays within
+# 6 % of the best of its tiles); at 64 tokens dequantize + cuBLAS won on 2048 x 1024 and 1024 x 2048
+WA_SMALL_M = (2, 32)
 # Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
 # than the pairs saved (H200 run 12: gate/up W2 M = 64 43.9 vs 40.5 µs, down 49.6 vs 46.4), while at 32 they won
 # (gate/up W4 23.4 vs 32.8, W2 21.9 vs 24.2)
@@ -201,16 +208,26 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
     # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
     wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
     if _wa_first(bits, M, N, K):
-        return [_wa_heuristic(M, N, G, sms)] + out + wa
+        first = _wa_small_heuristic(M, N, G) if N * K < WA_MIN_NK else _wa_heuristic(M, N, G, sms)
+        return list(dict.fromkeys([first] + out + wa))
     return out + wa
 
 
 def _wa_first(bits: int, M: int, N: int, K: int) -> bool:
-    """Whether the weight-as-left-operand GEMM's tile comes first for M tokens (WA_FIRST_M)."""
-    first, last = WA_FIRST_M.get(bits, (0, -1))
+    """Whether the weight-as-left-operand GEMM's tile comes first for M tokens (WA_FIRST_M, WA_SMALL_M)."""
+    if bits not in WA_FIRST_M:
+        return False
+    if N * K < WA_MIN_NK:
+        return WA_SMALL_M[0] <= M <= WA_SMALL_M[1]
+    first, last = WA_FIRST_M[bits]
     if N * K < DOT_MIN_NK:
         last = min(last, WA_MID_MAX_M)
-    return first <= M <= last and N * K >= WA_MIN_NK
+    return first <= M <= last
+
+
+def _wa_small_heuristic(M: int, N: int, G: int) -> tuple:
+    """The weight-as-left-operand kernel's tile on a layer of fewer than WA_MIN_NK weights (WA_SMALL_M)."""
+    return _gemm_rows(M), 64 if N <= 512 else 128, 1, G, 4, 3
 
 
 def _wa_heuristic(M: int, N: int, G: int, sms: int) -> tuple:
