@@ -586,6 +586,24 @@ def test_a_tile_that_does_not_fit_falls_back_to_the_next_and_is_remembered(monke
         triton_backend.quant_matmul(x, packed, path="dot")
 
 
+def test_one_token_with_a_low_rank_term_takes_the_narrower_gemv_tile_on_large_layers(monkeypatch):
+    """H200 run 14 (the autotuner with rotating weights): with a rank-16 term, 512 columns x 4 warps beat
+    1024 x 8 on Gemma-2B's gate/up and down by 8-13 %; without one the 1024-column tile stays. Both stay
+    candidates, and tuned tiles are kept apart for calls with and without a low-rank term."""
+    first = lambda N, K, lr: triton_backend.tile_candidates("gemv", 1, N, K, 4, 64, 132, lr)  # noqa: E731
+    assert first(16384, 2048, False)[0] == (1024, 2, 8, 1, True)
+    assert first(16384, 2048, True)[0] == (512, 2, 4, 1, True) and (1024, 2, 8, 1, True) in first(16384, 2048, True)
+    assert first(2048, 16384, True)[0] == (512, 2, 4, 1, True)
+    assert first(2048, 2048, True) == first(2048, 2048, False)  # a layer that never took the 1024-column tile
+    packed = triton_backend.quantize_pack(rand(64, 256), None, 4, 64)
+    x = rand(1, 256).to(XDTYPE)
+    lowrank = (rand(64, 4, scale=0.1).to(XDTYPE), rand(4, 256, scale=0.1).to(XDTYPE))
+    tuned_with_lowrank = (DEV.type, 64, 256, 4, 64, 1, XDTYPE, True, "gemv")
+    monkeypatch.setattr(triton_backend, "_TUNED", {tuned_with_lowrank: ("not", "a", "tile")})
+    y = triton_backend.quant_matmul(x, packed)  # the tile tuned for low-rank calls is not used without one
+    assert rel_err(y, ref_matmul(x, packed)) < PAIRS_TOL
+
+
 def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(1, 256, 256) == "gemv" and triton_backend.path_for(4, 2048, 2048, 3) == "gemv"
     # 3-4 tokens at 2 and 4 bits from 4M weights: the weight-as-left-operand GEMM beat the GEMV (run 12)
@@ -595,7 +613,8 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     # layers under 4M weights: the weight-as-left-operand GEMM from 2 to 32 tokens (H200 run 14: it beat the
     # GEMV, the split-K GEMM and dequantize + cuBLAS on every small layer), one group a program, 64 or 128 columns
-    assert [triton_backend.path_for(M, 256, 2048) for M in (1, 2, 16, 32, 33)] == ["gemv", "dot", "dot", "dot", "dequant"]
+    paths = [triton_backend.path_for(M, 256, 2048) for M in (1, 2, 16, 32, 33)]
+    assert paths == ["gemv", "dot", "dot", "dot", "dequant"]
     assert triton_backend.path_for(16, 2048, 1024, 2) == "dot" and triton_backend.path_for(2, 256, 2048, 3) == "gemv"
     assert triton_backend._candidates(4, 64, 2048, 256, 3, 132)[0] == (16, 64, 1, 32, 4, 3)
     assert triton_backend._candidates(2, 64, 1024, 2048, 32, 132)[0] == (32, 128, 1, 16, 4, 3)
@@ -799,8 +818,9 @@ def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path):
         pytest.skip("nvcc is not installed: the .cu source is only built on the GPU machine")
     for defs in ("-DBITS=4 -DTX=64 -DTK=4 -DGPC=16 -DCL=2 -DPIPE=2", "-DBITS=2 -DTX=32 -DTK=4 -DGPC=8 -DCL=8 -DBULK=1",
                  "-DBITS=4 -DTX=16 -DTK=16 -DGPC=32 -DCL=8 -DREAD_ONLY=1"):
-        out = subprocess.run([nvcc, "-cubin", "-arch=sm_90a", "-std=c++17", *defs.split(), "-o",
-                              str(tmp_path / "g.cubin"), str(scripts / "cuda_gemv1.cu")], capture_output=True, text=True)
+        cmd = [nvcc, "-cubin", "-arch=sm_90a", "-std=c++17", *defs.split(), "-o", str(tmp_path / "g.cubin"),
+               str(scripts / "cuda_gemv1.cu")]
+        out = subprocess.run(cmd, capture_output=True, text=True)
         assert out.returncode == 0, f"{defs}: {out.stderr[-2000:]}"
         assert (tmp_path / "g.cubin").stat().st_size > 0
 

@@ -242,13 +242,14 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             entry[f"{name} floor_us"] = nb / bw * 1e6
             if name.startswith("W") and name.count(" ") == 1:
                 path = triton_backend.path_for(M, N, K, int(name[1]))
-                key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, path)
+                lowrank = name.endswith("r16")
+                key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, lowrank, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
                 entry[f"{name} tuned"] = cfg is not None
                 if cfg is None and path != "dequant":
                     cfg = triton_backend.tile_candidates(path, M, N, K, int(name[1]), group,
-                                                         triton_backend._num_sms(torch.device("cuda")))[0]
+                                                         triton_backend._num_sms(torch.device("cuda")), lowrank)[0]
                     if path == "gemv" and M == 1:
                         cfg = ("gemv1",) + cfg
                 entry[f"{name} cfg"] = cfg

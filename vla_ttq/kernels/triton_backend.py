@@ -269,7 +269,8 @@ def _lowrank_args(lowrank) -> tuple:
     return (None, None) if lowrank is None else (lowrank[0].contiguous(), lowrank[1].contiguous())
 
 
-def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int = 1) -> list[tuple]:
+def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int = 1,
+                      lowrank: bool = False) -> list[tuple]:
     """(BN, GPS, num_warps, stages, pairs) for the one-launch GEMV of ``rows`` tokens (padded to a
     power of two); the first one is the heuristic's choice. ``pairs``: unpack and multiply two
     codes per fp16x2 instruction (else fp32, one code; one row only);
@@ -282,7 +283,10 @@ def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int
     layers at W2 and tied at W4; layers too small to give every SM a program take 512 columns ×
     4 warps, one group each, two stages. Several rows (H200 sweep, run 8): two rows did best with
     512 columns × 4 warps × 4 groups in 3 stages (1 group where that leaves SMs idle), four rows
-    with 256 columns × 2 warps × 2 groups, on every Gemma-2B layer measured."""
+    with 256 columns × 2 warps × 2 groups, on every Gemma-2B layer measured. One row with a low-rank
+    term (``lowrank``) on a layer that takes the 1024-column tile takes 512 × 4 warps instead (H200 run
+    14, the autotuner with rotating weights: gate/up W4 r16 12.97 -> 11.94 µs, W2 11.04 -> 9.59; down
+    W4 12.21 -> 11.11, W2 11.01 -> 9.69)."""
     G = K // group
     cap_n, cap_g = max(16, _next_pow2(N)), _next_pow2(G)
 
@@ -296,6 +300,8 @@ def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int
             first = (min(1024, cap_n), 1, first[2], 1)
         if programs(first[0], first[1]) < sms:
             first = (min(512, cap_n), 1, max(1, min(4, min(512, cap_n) // 128)), 2)
+        elif lowrank and first == (1024, 2, 8, 1):
+            first = (512, 2, 4, 1)
     elif rows == 2:
         first = (min(512, cap_n), min(4, cap_g), w512, 3)
         if programs(first[0], first[1]) < sms:
@@ -303,7 +309,8 @@ def _gemv1_candidates(bits: int, group: int, K: int, N: int, sms: int, rows: int
     else:
         first = (min(256, cap_n), min(2, cap_g), w256, 1)
     others = [(min(512, cap_n), min(4, cap_g), w512, 3), (min(512, cap_n), min(2, cap_g), w512, 1),
-              (min(1024, cap_n), 1, w512, 1), (min(256, cap_n), min(2, cap_g), w256, 1)]
+              (min(1024, cap_n), 1, w512, 1), (min(256, cap_n), min(2, cap_g), w256, 1),
+              (min(1024, cap_n), min(2, cap_g), 8 if cap_n >= 1024 else w512, 1)]
     cands = [first] + others
     fp32 = [c + (False,) for c in cands] if rows == 1 else []
     return list(dict.fromkeys([c + (True,) for c in cands] + fp32))  # no repeats
@@ -469,14 +476,19 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
 
 
 def _tune(key, cands, run) -> tuple:
-    """Time each candidate (CUDA-graph replays: µs kernels would otherwise time the Python launch)
-    and keep the fastest for this key. The weight is not rotated, so small layers are timed from L2."""
-    from triton.testing import do_bench_cudagraph
+    """Time each candidate and keep the fastest for this key: CUDA-graph replays (µs kernels would
+    otherwise time the Python launch) cycling through clones of the packed weight, ~3x the L2 in all
+    (freed afterwards), as the kernel benchmark times a layer. With one weight every Gemma-2B layer
+    was timed from the H200's L2, and on q/o at 3 tokens the tuner chose a tile slower from memory
+    (5.9 -> 7.1 µs, run 14). ``run(cfg, packed=...)`` launches one candidate on one clone."""
+    from .bench import graph_time_us, rotating_copies
 
+    packed = run.keywords["packed"]
+    copies = rotating_copies(packed, packed.nbytes, torch.cuda.get_device_properties(packed.data.device).L2_cache_size)
     best, best_t = cands[0], float("inf")
     for cfg in cands:
         try:
-            t = do_bench_cudagraph(lambda: run(cfg), rep=20, return_mode="median")
+            t = graph_time_us([functools.partial(run, cfg, packed=p) for p in copies])
         except Exception as exc:  # a candidate that fails to compile or launch is skipped, not fatal
             warnings.warn(f"kernel tile candidate {cfg} failed while autotuning: {exc}", stacklevel=2)
             continue
@@ -510,12 +522,13 @@ def dequantize_t(packed: PlanarPackedWeight, col_scale: torch.Tensor | None, dty
 
 
 @functools.cache
-def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sms: int) -> tuple:
+def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sms: int,
+                    lowrank: bool = False) -> tuple:
     """The tiles ``quant_matmul`` chooses among for this call (first = the heuristic's choice):
     the one-launch GEMV's on the GEMV path, else the tensor-core kernel's. Cached: every layer
     call of an untuned shape asks again."""
     if path == "gemv":
-        return tuple(_gemv1_candidates(bits, group, K, N, sms, _next_pow2(M)))
+        return tuple(_gemv1_candidates(bits, group, K, N, sms, _next_pow2(M), lowrank))
     return tuple(_candidates(bits, group, K, N, M, sms))
 
 
@@ -568,10 +581,10 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
         launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
     else:
         launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
-    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, path)
+    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, lowrank is not None, path)
     cfg = _TUNED.get(key)
     if cfg is None:
-        cands = tile_candidates(path, M, N, K, packed.bits, packed.group, _num_sms(x.device))
+        cands = tile_candidates(path, M, N, K, packed.bits, packed.group, _num_sms(x.device), lowrank is not None)
         if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
             cfg = _tune(key, cands, launch)
         else:
