@@ -1,6 +1,6 @@
 """Small layers at 2-8 tokens: every path and tile against the heuristic's choice (GPU only).
 
-    python scripts/small_layer_tiles.py --out DIR      (SL_MS=2,3,4,5,8  SL_BITS=4,2)
+    python scripts/small_layer_tiles.py --out DIR      (SL_MS=2,3,4,5,8  SL_BITS=4,2  SL_LAYERS=2b k/v,...)
 
 Layers under WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) take the split-K tensor-core
 GEMM at 2-8 tokens with its heuristic tile. Run 14's autotuner check found a tile of the
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from vla_ttq.kernels import reference, triton_backend
 from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, script_args, script_layers
 
-LAYERS = {"2b k/v": (256, 2048), "300m q": (2048, 1024), "300m k/v": (256, 1024), "300m o": (1024, 2048)}
+LAYERS = {"2b k/v": (256, 2048), "300m q": (2048, 1024), "300m k/v": (256, 1024), "300m o": (1024, 2048),
+          "2b q/o": (2048, 2048)}  # the last one is mid-size (4M weights): only where SL_LAYERS names it
+LAYERS = {k: LAYERS[k] for k in os.environ.get("SL_LAYERS", "2b k/v,300m q,300m k/v,300m o").split(",")}
 MS = tuple(int(m) for m in os.environ.get("SL_MS", "2,3,4,5,8").split(","))
 BITS = tuple(int(b) for b in os.environ.get("SL_BITS", "4,2").split(","))
 

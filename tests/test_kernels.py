@@ -330,7 +330,9 @@ def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_fast
     assert first(2, 64, 2048, 16384) == (64, 128, 1, 16, 4, 3)
     assert first(4, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)
     assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
-    assert first(4, 16, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
+    assert first(4, 5, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
+    assert first(4, 16, 2048, 2048) == (16, 64, 1, 17, 4, 3)  # from 8 tokens 64 columns, 4 programs an SM (run 14)
+    assert first(2, 32, 2048, 2048) == (32, 64, 1, 17, 4, 3)
     assert first(4, 3, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # from 3 tokens (run 12)
     assert first(2, 8, 2048, 1024) == (16, 128, 1, 16, 4, 3)  # under 4M weights, from 2 to 32 tokens (run 14)
     for bits, M, N, K in [(4, 2, 16384, 2048), (4, 33, 16384, 2048), (2, 33, 2048, 1024), (2, 40, 2048, 2048),
@@ -619,6 +621,7 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend._candidates(4, 64, 2048, 256, 3, 132)[0] == (16, 64, 1, 32, 4, 3)
     assert triton_backend._candidates(2, 64, 1024, 2048, 32, 132)[0] == (32, 128, 1, 16, 4, 3)
     assert triton_backend._candidates(4, 64, 2048, 2048, 3, 132)[0] == (16, 256, 1, 32, 4, 3)  # 4M: not small
+    assert triton_backend._candidates(4, 64, 2048, 16384, 8, 132)[0] == (16, 256, 1, 5, 4, 3)  # large: unchanged
     # mid-size layers (4M-12M weights) keep the GEMM up to 32 tokens since run 12 (2048 x 2048: 6.0-8.8 µs
     # against 10.0-10.2 for dequantize + cuBLAS), and lose it above
     assert triton_backend.path_for(16, 2048, 2048) == "dot" and triton_backend.path_for(32, 2048, 2048, 2) == "dot"

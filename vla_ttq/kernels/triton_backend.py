@@ -208,7 +208,7 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
     # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
     wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
     if _wa_first(bits, M, N, K):
-        first = _wa_small_heuristic(M, N, G) if N * K < WA_MIN_NK else _wa_heuristic(M, N, G, sms)
+        first = _wa_small_heuristic(M, N, G) if N * K < WA_MIN_NK else _wa_heuristic(M, N, G, sms, N * K < DOT_MIN_NK)
         return list(dict.fromkeys([first] + out + wa))
     return out + wa
 
@@ -230,14 +230,19 @@ def _wa_small_heuristic(M: int, N: int, G: int) -> tuple:
     return _gemm_rows(M), 64 if N <= 512 else 128, 1, G, 4, 3
 
 
-def _wa_heuristic(M: int, N: int, G: int, sms: int) -> tuple:
+def _wa_heuristic(M: int, N: int, G: int, sms: int, mid: bool = False) -> tuple:
     """The weight-as-left-operand kernel's tile (H200 runs 11-12, scripts/wa_gemm.py and wa_ab.py,
     Gemma-2B gate/up and down: the best tile or within 1 µs of it; 2048 x 2048 within 1 µs up to 8
     tokens, 1 µs at 16-32): 256 columns up to 32 tokens, with split-K for 2 programs an SM up to
     16 tokens (since the atomic split-K tail of run 12: down W4 M = 16 15.4 µs, where 1 an SM took
     18.1) and 1 above; at 33-64 tokens 128 columns and as close to 2 programs an SM as rounding
-    down allows (gate/up: 2 splits, 36.1 µs, where 3 took 45.6)."""
+    down allows (gate/up: 2 splits, 36.1 µs, where 3 took 45.6). On a ``mid``-size layer (WA_MIN_NK to
+    DOT_MIN_NK weights) from 8 tokens: 64 columns, split for 4 programs an SM (H200 run 14,
+    scripts/small_layer_tiles.py, 2048 x 2048: M = 16 W4 6.49 µs against 7.31 with 256 columns, M = 32
+    8.06 against 8.57; at 3-5 tokens 256 columns stayed best)."""
     bm = _gemm_rows(M)
+    if mid and M >= 8:
+        return bm, 64, 1, _split(G, 1, N, 64, M, bm, 4, sms), 4, 3
     if bm == 64:
         return bm, 128, 1, max(1, min(G, 2 * sms // math.ceil(N / 128))), 4, 3
     return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 16 else 1, sms), 4, 3
