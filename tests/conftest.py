@@ -19,3 +19,22 @@ def tiny_dir(tmp_path_factory) -> Path:
     from vla_ttq.models.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """``load_script("name")``: scripts/name.py imported as a module, with scripts/ on sys.path while
+    it loads (a script may import one beside it, as cuda_gemv_ab imports stream_ceiling)."""
+    import importlib.util
+
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(SCRIPTS))
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -379,17 +379,11 @@ def test_weight_bytes_count_a_backends_layout_copy(derived_backend):
     assert weight_bytes(torch.nn.Sequential(m), [], torch.device("cpu"))["weights"] == want
 
 
-def test_switch_sensitivity_script_runs_on_the_tiny_model_and_names_a_bad_switch(tmp_path):
+def test_switch_sensitivity_script_runs_on_the_tiny_model_and_names_a_bad_switch(tmp_path, load_script):
     """scripts/switch_sensitivity.py (run 14) compares the fast path with a kernel switch on, on again and
     off against the plain path. On the CPU the reference backend ignores the switch, so every fast run
     must be the same; a name that is not a boolean switch is refused by name."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "switch_sensitivity.py"
-    spec = importlib.util.spec_from_file_location("switch_sensitivity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("switch_sensitivity")
     mod.main(["--out", str(tmp_path), "--preset", "tiny", "--device", "cpu", "--ranks", "4"])
     res = json.loads((tmp_path / "switch_sensitivity.json").read_text())
     assert [r["mode"] for r in res["rows"]] == ["bf16", "ttq W4 r4 call LM"]

@@ -766,16 +766,10 @@ def test_marlin_is_unavailable_without_vllm_or_matches_reference():
     assert rel_err(marlin.quant_matmul(x, packed), ref_matmul(x, packed)) < 1e-2
 
 
-def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range():
+def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range(load_script):
     """scripts/stream_ceiling.py bounds the M = 1 kernels by a read-only kernel; its bound means
     something only if each program really loads all words and S / Z rows of its K range."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "stream_ceiling.py"
-    spec = importlib.util.spec_from_file_location("stream_ceiling", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("stream_ceiling")
     N, G, WG, splits = 256, 8, 4, 2
     w = torch.randint(-2**31, 2**31 - 1, (G * WG, N), dtype=torch.int32, device=DEV)
     s, z = rand(G, N).half(), rand(G, N).half()
@@ -790,24 +784,15 @@ def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range():
     assert len(list(mod.tiles(16384, 32, 8, quick=False))) > len(list(mod.tiles(16384, 32, 8, quick=True))) > 0
 
 
-def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path):
+def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path, load_script):
     """scripts/cuda_gemv_ab.py (run 14) builds scripts/cuda_gemv1.cu once per tile with NVRTC on the GPU.
     Its tile rules must match the kernel's assumptions, and where nvcc is installed the source must
     compile for sm_90a in both ways of feeding it (registers, bulk copies) and in its read-only form."""
-    import importlib.util
     import shutil
     import subprocess
-    import sys
     from pathlib import Path
 
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    sys.path.insert(0, str(scripts))  # the script imports stream_ceiling beside it
-    try:
-        spec = importlib.util.spec_from_file_location("cuda_gemv_ab", scripts / "cuda_gemv_ab.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(scripts))
+    mod = load_script("cuda_gemv_ab")
     for set_name, tiles in mod.TILE_SETS.items():
         for name, (N, K) in mod.LAYERS.items():
             assert all(mod.valid(N, K, t) for t in tiles[name]), (set_name, name)
@@ -822,7 +807,7 @@ def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path):
     for defs in ("-DBITS=4 -DTX=64 -DTK=4 -DGPC=16 -DCL=2 -DPIPE=2", "-DBITS=2 -DTX=32 -DTK=4 -DGPC=8 -DCL=8 -DBULK=1",
                  "-DBITS=4 -DTX=16 -DTK=16 -DGPC=32 -DCL=8 -DREAD_ONLY=1"):
         cmd = [nvcc, "-cubin", "-arch=sm_90a", "-std=c++17", *defs.split(), "-o", str(tmp_path / "g.cubin"),
-               str(scripts / "cuda_gemv1.cu")]
+               str(Path(mod.__file__).with_name("cuda_gemv1.cu"))]
         out = subprocess.run(cmd, capture_output=True, text=True)
         assert out.returncode == 0, f"{defs}: {out.stderr[-2000:]}"
         assert (tmp_path / "g.cubin").stat().st_size > 0
