@@ -599,8 +599,7 @@ def test_one_token_with_a_low_rank_term_takes_the_narrower_gemv_tile_on_large_la
     assert first(2048, 2048, True) == first(2048, 2048, False)  # a layer that never took the 1024-column tile
     packed = triton_backend.quantize_pack(rand(64, 256), None, 4, 64)
     x = rand(1, 256).to(XDTYPE)
-    lowrank = (rand(64, 4, scale=0.1).to(XDTYPE), rand(4, 256, scale=0.1).to(XDTYPE))
-    tuned_with_lowrank = (DEV.type, 64, 256, 4, 64, 1, XDTYPE, True, "gemv")
+    tuned_with_lowrank = triton_backend.tune_key(DEV.type, 64, 256, 4, 64, 1, XDTYPE, True, "gemv")
     monkeypatch.setattr(triton_backend, "_TUNED", {tuned_with_lowrank: ("not", "a", "tile")})
     y = triton_backend.quant_matmul(x, packed)  # the tile tuned for low-rank calls is not used without one
     assert rel_err(y, ref_matmul(x, packed)) < PAIRS_TOL
@@ -730,9 +729,9 @@ def test_autotuner_times_every_candidate_and_keeps_a_correct_tile(monkeypatch, M
     timed = []
     real_tune = triton_backend._tune
 
-    def tune(key, cands, run):
+    def tune(key, cands, run, packed):
         timed.append((key, list(cands)))
-        return real_tune(key, cands, run)
+        return real_tune(key, cands, run, packed)
 
     monkeypatch.setattr(triton_backend, "_tune", tune)
     ref = ref_matmul(x, packed, cs, lowrank)

@@ -243,7 +243,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             if name.startswith("W") and name.count(" ") == 1:
                 path = triton_backend.path_for(M, N, K, int(name[1]))
                 lowrank = name.endswith("r16")
-                key = ("cuda", N, K, int(name[1]), group, triton_backend._next_pow2(M), torch.bfloat16, lowrank, path)
+                key = triton_backend.tune_key("cuda", N, K, int(name[1]), group, M, torch.bfloat16, lowrank, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)
                 entry[f"{name} tuned"] = cfg is not None

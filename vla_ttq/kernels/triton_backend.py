@@ -480,15 +480,22 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
     return out
 
 
-def _tune(key, cands, run) -> tuple:
+def tune_key(device_type: str, N: int, K: int, bits: int, group: int, M: int, dtype: torch.dtype, lowrank: bool,
+             path: str) -> tuple:
+    """The key under which ``quant_matmul`` keeps a tuned (or fallen-back) tile in ``_TUNED``: the
+    call's shape with M rounded up to a power of two, whether it has a low-rank term, and the path
+    last (``_launch_first_that_fits`` names it)."""
+    return device_type, N, K, bits, group, _next_pow2(M), dtype, lowrank, path
+
+
+def _tune(key, cands, run, packed: PlanarPackedWeight) -> tuple:
     """Time each candidate and keep the fastest for this key: CUDA-graph replays (µs kernels would
     otherwise time the Python launch) cycling through clones of the packed weight, ~3x the L2 in all
     (freed afterwards), as the kernel benchmark times a layer. With one weight every Gemma-2B layer
     was timed from the H200's L2, and on q/o at 3 tokens the tuner chose a tile slower from memory
-    (5.9 -> 7.1 µs, run 14). ``run(cfg, packed=...)`` launches one candidate on one clone."""
+    (5.9 -> 7.1 µs, run 14). ``run(cfg, packed=...)`` launches one candidate on one clone of ``packed``."""
     from .bench import graph_time_us, rotating_copies
 
-    packed = run.keywords["packed"]
     copies = rotating_copies(packed, packed.nbytes, torch.cuda.get_device_properties(packed.data.device).L2_cache_size)
     best, best_t = cands[0], float("inf")
     for cfg in cands:
@@ -586,12 +593,12 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
         launch = functools.partial(_launch_gemv1, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
     else:
         launch = functools.partial(_launch, x2=x2, cs=cs, packed=packed, lowrank=lowrank, bias=bias, out=out)
-    key = (x.device.type, N, K, packed.bits, packed.group, _next_pow2(M), x.dtype, lowrank is not None, path)
+    key = tune_key(x.device.type, N, K, packed.bits, packed.group, M, x.dtype, lowrank is not None, path)
     cfg = _TUNED.get(key)
     if cfg is None:
         cands = tile_candidates(path, M, N, K, packed.bits, packed.group, _num_sms(x.device), lowrank is not None)
         if x.device.type == "cuda" and M <= _autotune_max_m() and not torch.cuda.is_current_stream_capturing():
-            cfg = _tune(key, cands, launch)
+            cfg = _tune(key, cands, launch, packed)
         else:
             cfg = cands[0]
         try:
