@@ -44,7 +44,8 @@ def cases():
         for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
             x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
             out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=triton_backend.path_for(M, N, K, bits))
+            path = triton_backend.path_for(M, N, K, bits, triton_backend.peak_bandwidth(x.device))
+            row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=path)
             row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
             yield row, x, x.double() @ wref.t(), out, cs, packed, copies
 

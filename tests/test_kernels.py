@@ -223,6 +223,33 @@ def test_online_matmul_quantizes_for_this_call_on_the_right_path(monkeypatch, M,
     assert y.shape == (M, N) and rel_err(y, want) < tol
 
 
+@pytest.mark.parametrize("bandwidth, gemm", [(3.35e12, True), (4.8e12, False), (None, False)])
+def test_w4_gemm_reaches_64_tokens_only_on_gpus_of_less_bandwidth(monkeypatch, bandwidth, gemm):
+    # at 49-64 tokens dequantize + cuBLAS costs bytes / bandwidth and the GEMM arithmetic: the GEMM won on the
+    # H100 and lost on the H200 (run 15); TTQ's per-call step keeps its dense pass there on either
+    N, K, M = 64, 256, 56
+    monkeypatch.setattr(triton_backend, "DOT_MIN_NK", 0)  # this small layer stands for a large one
+    monkeypatch.setattr(triton_backend, "peak_bandwidth", lambda device: bandwidth)
+    dequantized, dense = [], []
+    for name, seen in (("dequantize_t", dequantized), ("qdq_weight", dense)):
+        real = getattr(triton_backend, name)
+        monkeypatch.setattr(triton_backend, name,
+                            lambda *a, _real=real, _seen=seen, **k: _seen.append(1) or _real(*a, **k))
+    w, x, cs = rand(N, K), rand(M, K).to(XDTYPE), col_scale(K)
+    packed = triton_backend.quantize_pack(w, cs, 4, 64)
+    y = triton_backend.quant_matmul(x, packed, cs)
+    assert dequantized == ([] if gemm else [1])
+    assert rel_err(y, ref_matmul(x, packed, cs)) < TOL
+    triton_backend.online_matmul(x, w.to(XDTYPE), cs, None, None, 4, 64)
+    assert dense == [1]
+
+
+def test_peak_bandwidth_is_read_from_the_gpu_and_unknown_elsewhere():
+    assert triton_backend.peak_bandwidth(torch.device("cpu")) is None
+    if CUDA:  # H100 SXM 3.35 TB/s, H200 4.8
+        assert 1e12 < triton_backend.peak_bandwidth(DEV) < 1e13
+
+
 # M = 1 and 3: one-launch GEMV (the default); 3: tensor-core GEMM (forced); 20:
 # tensor-core GEMM (forced: this layer is small) and the default dequantize + dense matmul; 300:
 # dequantize + dense matmul.
@@ -627,12 +654,19 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(33, 2048, 2048, 4) == "dequant"
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"
     # the GEMMs' reach depends on the width: W2 to 64 tokens on the large layers since the
-    # weight-as-left-operand kernel (H200 run 11), W4 to 48 (run 9), and never at widths of several
-    # slices (3 bits: 3-5x slower than dequantize + cuBLAS, run 9)
+    # weight-as-left-operand kernel (H200 run 11), W4 to 48 (run 9) or, on GPUs of less memory bandwidth
+    # than the H200, to 64 (H100 run 15: 1.15-1.45x faster at 49-64), and never at widths of several slices
+    # (3 bits: 3-5x slower than dequantize + cuBLAS, run 9)
     assert triton_backend.path_for(64, 16384, 2048, 2) == "dot"
     assert triton_backend.path_for(65, 16384, 2048, 2) == "dequant"
     assert triton_backend.path_for(48, 16384, 2048, 4) == "dot"
-    assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"
+    h100, h200 = 3.35e12, 4.8e12
+    assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"  # bandwidth unknown
+    assert triton_backend.path_for(64, 16384, 2048, 4, h200) == "dequant"
+    assert [triton_backend.path_for(M, 2048, 16384, 4, h100) for M in (49, 64, 65)] == ["dot", "dot", "dequant"]
+    assert triton_backend.path_for(64, 16384, 2048, 2, h100) == "dot"
+    assert triton_backend.path_for(64, 2048, 2048, 4, h100) == "dequant"  # mid-size layers: not from the bandwidth
+    assert triton_backend.path_for(56, 16384, 2048, 3, h100) == "dequant"
     assert triton_backend.path_for(40, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"

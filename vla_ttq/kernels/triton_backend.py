@@ -11,7 +11,8 @@ Rule (by the number of tokens M = x.numel() / K):
   there, and since run 12 3-4 tokens at 2 and 4 bits of layers from WA_MIN_NK weights too (the
   weight-as-left-operand GEMM: gate/up W4 M = 3 15.5 vs 16.9 µs, 2048 x 2048 5.9 vs 7.1);
 * 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, on large layers (N*K >=
-  DOT_MIN_NK), and up to WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
+  DOT_MIN_NK; W4 to 64 on GPUs of less bandwidth than DOT_W4_64_MAX_BANDWIDTH), and up to
+  WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
   Two kernels: dequantized tiles fed to tl.dot as the right operand (``quant_matmul_kernel``, rows
   past M masked, partial sums added by ``reduce_kernel``), or, first for the tokens of WA_FIRST_M
   (W2: 3-64, W4: 3-32; H200 runs 11-12), the weight as the left operand
@@ -59,6 +60,13 @@ DOT_ANY_LAYER_MAX_M = 8
 # down M = 32 29.0 vs 44.5, M = 64 42.5-45.6 vs 45.6; docs/kernels.md). At W4 it leads up to 32
 # tokens since run 12 (WA_FIRST_M); at 33-48 the dequantizing GEMM stays first.
 DOT_MAX_M = {2: 64, 4: 48}
+# W4 at 49-64 tokens on GPUs of less memory bandwidth than this (bytes/s). The GEMM's time there is set by its
+# arithmetic, which the H100 and H200 share; dequantize + cuBLAS writes and reads a bf16 weight. On the H100
+# (3.35 TB/s; run 15, scripts/path_crossover.py) the GEMM won by 1.15-1.45x on every large layer (gate/up M = 64
+# 43.4 vs 58.9 µs, down 48.5 vs 60.7, Qwen3-32B q 56.4 vs 74.2; Qwen3-8B q at 64 lost, 28.6 vs 27.3); on the
+# H200 (4.8 TB/s, run 15's bench at 64 tokens) it lost by up to 1.25x (Qwen3-8B q 28.0 vs 22.4, 14B 40.2 vs 37.6,
+# down 48.4 vs 47.4; gate/up won 44.3 vs 45.5).
+DOT_W4_64_MAX_BANDWIDTH = 4e12
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weight-as-left-operand GEMM's candidates
 # Tokens (first, last) for which that kernel's heuristic tile comes first on the large layers: W2 from 5 since run 11;
@@ -544,16 +552,34 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
     return tuple(_candidates(bits, group, K, N, M, sms))
 
 
-def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4) -> str:
+def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4, bandwidth: float | None = None) -> str:
     """Which kernel runs M tokens of an N x K layer of ``bits``-bit codes (module docstring;
     thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, run 9 for
-    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M)."""
+    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M). ``bandwidth``: the GPU's
+    memory bandwidth in bytes/s (``peak_bandwidth``), None where unknown (DOT_W4_64_MAX_BANDWIDTH)."""
     if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK) and not _wa_first(bits, M, N, K)):
         return "gemv"
-    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK
-                                             or _wa_first(bits, M, N, K)):
+    max_m = DOT_MAX_M.get(bits, 0)
+    if bits == 4 and bandwidth is not None and bandwidth < DOT_W4_64_MAX_BANDWIDTH:
+        max_m = 64
+    if 0 < M <= max_m and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK or _wa_first(bits, M, N, K)):
         return "dot"
     return "dequant"
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_bandwidth(device_index: int) -> float | None:
+    props = torch.cuda.get_device_properties(device_index)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    return 2 * bus_bits / 8 * clock_khz * 1e3 if clock_khz and bus_bits else None  # double data rate
+
+
+def peak_bandwidth(device: torch.device) -> float | None:
+    """The GPU's peak memory bandwidth in bytes/s from its properties; None off CUDA or where torch does not
+    report the memory clock and bus width."""
+    if device.type != "cuda":
+        return None
+    return _peak_bandwidth(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _autotune_max_m() -> int:
@@ -575,7 +601,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    path = path or path_for(M, N, K, packed.bits)
+    path = path or path_for(M, N, K, packed.bits, peak_bandwidth(x.device))
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
@@ -711,6 +737,8 @@ def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, 
     N, K = w.shape
     if x.shape[-1] != K:
         raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
+    # No bandwidth: W4 at 49-64 tokens keeps the dense pass even where quant_matmul takes the GEMM. Packing and
+    # then the GEMM was slower there (H100 run 15, gate/up M = 64: 90.4 vs 86.0 µs, down 102.3 vs 97.1).
     if path_for(x.numel() // max(K, 1), N, K, bits) == "dequant":
         w_eff = qdq_weight(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, dtype=x.dtype)
         return F.linear(x, w_eff, None if bias is None else bias.to(x.dtype))
