@@ -1,10 +1,12 @@
 """A/B of one feature of the weight-as-left-operand GEMM, tile by tile (GPU).
 
-    WA_AB=pairs|atomic python scripts/wa_ab.py --out DIR   (WA_MS, WA_LAYERS, WA_TILES as in scripts/wa_gemm.py)
+    WA_AB=pairs|atomic|scaled python scripts/wa_ab.py --out DIR   (WA_MS, WA_LAYERS, WA_TILES as in scripts/wa_gemm.py)
 
 pairs (run 12): codes made two per instruction in the pair order (``pair_order``) against one at a
 time (pair_order patched to None, channels in order). atomic (run 12): K splits added by atomics,
-the last program writing y (``WA_ATOMIC_TAIL``), against partial sums and ``reduce_kernel``.
+the last program writing y (``WA_ATOMIC_TAIL``), against partial sums and ``reduce_kernel``. scaled
+(run 15): every code made S·c + Z and rounded to bf16 before one chained dot (``WA_SCALED_MIN_BM``),
+against S and Z applied to each group's dot.
 For Gemma-2B's gate/up, down and q/o at W4 and W2 (g64), 5-64 tokens: bf16 cuBLAS, what
 ``quant_matmul`` runs now, and for each tile of ``quant_matmul_wa_kernel`` the launch with the
 feature ("on") and without it ("off"), timed one after the other. Every launch is checked against
@@ -32,8 +34,10 @@ def switch(on: bool) -> None:
         triton_backend.pair_order = PAIR_ORDER if on else (lambda bits, group: None)
     elif FEATURE == "atomic":
         triton_backend.WA_ATOMIC_TAIL = on
+    elif FEATURE == "scaled":
+        triton_backend.WA_SCALED_MIN_BM = 1 if on else 1 << 30
     else:
-        raise SystemExit(f"WA_AB must be pairs or atomic, not {FEATURE!r}")
+        raise SystemExit(f"WA_AB must be pairs, atomic or scaled, not {FEATURE!r}")
 
 
 def timed(cfg, x, cs, copies, out, ref, on: bool) -> dict:

@@ -2,11 +2,13 @@
 
     python scripts/wa_gemm.py --out DIR      (WA_MS=1,8,16 picks the token counts)
 
-For Gemma-2B's gate/up, down and q/o at W4 and W2 (g64), 1-64 tokens: bf16 cuBLAS, what
-``quant_matmul`` runs (GEMV / GEMM / dequantize + cuBLAS, heuristic tiles), the dequantizing
-tensor-core GEMM's heuristic tile, and tiles of the new kernel (columns, pipeline stages, split-K
-for 1, 2 or 4 programs an SM; WA_TILES=bn/warps/gt/stages/waves,... overrides them). Every variant is checked against float64 first. Timing as in
-``vla_ttq.kernels.bench`` (CUDA graphs over weight copies that do not fit in L2). Writes wa_gemm.json.
+For Gemma-2B's gate/up, down and q/o (WA_LAYERS may also name Qwen3's q of 8B, 14B and 32B) at
+W4 and W2 (g64), 1-64 tokens: bf16 cuBLAS, what ``quant_matmul`` runs (GEMV / GEMM / dequantize +
+cuBLAS, heuristic tiles), the dequantizing tensor-core GEMM's heuristic tile, and tiles of the new
+kernel (columns, pipeline stages, split-K for 1, 2 or 4 programs an SM;
+WA_TILES=bn/warps/gt/stages/waves,... overrides them). Every variant is checked against float64
+first. Timing as in ``vla_ttq.kernels.bench`` (CUDA graphs over weight copies that do not fit in
+L2). Writes wa_gemm.json.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from vla_ttq.kernels import reference, triton_backend
 from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, rel_err, script_args, script_layers
 
 LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384), "q/o": (2048, 2048)}
-LAYERS = {k: LAYERS[k] for k in os.environ.get("WA_LAYERS", ",".join(LAYERS)).split(",")}
+MORE_LAYERS = {"qwen3-8B q": (4096, 4096), "qwen3-14B q": (5120, 5120), "qwen3-32B q": (8192, 5120)}  # by name only
+LAYERS = {k: {**LAYERS, **MORE_LAYERS}[k] for k in os.environ.get("WA_LAYERS", ",".join(LAYERS)).split(",")}
 # (BN, warps, GT, stages, programs per SM)
 WA_TILES = [(bn, 4, 1, st, waves) for bn in (64, 128, 256) for st in (2, 3) for waves in (1, 2, 4)]
 if os.environ.get("WA_TILES"):
@@ -44,7 +47,7 @@ def cases():
         for M in [int(v) for v in os.environ.get("WA_MS", "5,8,16,32,64").split(",")]:
             x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
             out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            path = triton_backend.path_for(M, N, K, bits, triton_backend.peak_bandwidth(x.device))
+            path = triton_backend.path_for(M, N, K, bits)
             row = dict(layer=name, N=N, K=K, bits=bits, M=M, path=path)
             row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
             yield row, x, x.double() @ wref.t(), out, cs, packed, copies

@@ -223,33 +223,6 @@ def test_online_matmul_quantizes_for_this_call_on_the_right_path(monkeypatch, M,
     assert y.shape == (M, N) and rel_err(y, want) < tol
 
 
-@pytest.mark.parametrize("bandwidth, gemm", [(3.35e12, True), (4.8e12, False), (None, False)])
-def test_w4_gemm_reaches_64_tokens_only_on_gpus_of_less_bandwidth(monkeypatch, bandwidth, gemm):
-    # at 49-64 tokens dequantize + cuBLAS costs bytes / bandwidth and the GEMM arithmetic: the GEMM won on the
-    # H100 and lost on the H200 (run 15); TTQ's per-call step keeps its dense pass there on either
-    N, K, M = 64, 256, 56
-    monkeypatch.setattr(triton_backend, "DOT_MIN_NK", 0)  # this small layer stands for a large one
-    monkeypatch.setattr(triton_backend, "peak_bandwidth", lambda device: bandwidth)
-    dequantized, dense = [], []
-    for name, seen in (("dequantize_t", dequantized), ("qdq_weight", dense)):
-        real = getattr(triton_backend, name)
-        monkeypatch.setattr(triton_backend, name,
-                            lambda *a, _real=real, _seen=seen, **k: _seen.append(1) or _real(*a, **k))
-    w, x, cs = rand(N, K), rand(M, K).to(XDTYPE), col_scale(K)
-    packed = triton_backend.quantize_pack(w, cs, 4, 64)
-    y = triton_backend.quant_matmul(x, packed, cs)
-    assert dequantized == ([] if gemm else [1])
-    assert rel_err(y, ref_matmul(x, packed, cs)) < TOL
-    triton_backend.online_matmul(x, w.to(XDTYPE), cs, None, None, 4, 64)
-    assert dense == [1]
-
-
-def test_peak_bandwidth_is_read_from_the_gpu_and_unknown_elsewhere():
-    assert triton_backend.peak_bandwidth(torch.device("cpu")) is None
-    if CUDA:  # H100 SXM 3.35 TB/s, H200 4.8
-        assert 1e12 < triton_backend.peak_bandwidth(DEV) < 1e13
-
-
 # M = 1 and 3: one-launch GEMV (the default); 3: tensor-core GEMM (forced); 20:
 # tensor-core GEMM (forced: this layer is small) and the default dequantize + dense matmul; 300:
 # dequantize + dense matmul.
@@ -327,6 +300,33 @@ def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, 
     assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
 
 
+@pytest.mark.parametrize("dtype", WA_DTYPES)
+@pytest.mark.parametrize("bits, group, M, bm, split, rank", [(4, 64, 50, 64, 2, 0), (2, 64, 9, 16, 1, 8),
+                                                             (4, 32, 33, 64, 1, 16), (1, 64, 20, 32, 3, 0)])
+def test_weight_as_left_operand_gemm_with_dequantized_codes_matches_float64(monkeypatch, dtype, bits, group, M, bm,
+                                                                           split, rank):
+    """SCALED: every code made S·c + Z in fp32 and rounded once to x's dtype, the groups' dots chained into one
+    accumulator; pairs (2 and 4 bits, group 64) or codes one at a time (group 32, 1 bit), the atomic tail or
+    split partials, padded rows. Only one-slice widths and 16-bit activations take it (wa_scaled)."""
+    monkeypatch.setattr(triton_backend, "WA_SCALED_MIN_BM", 1)
+    assert triton_backend.wa_scaled(bm, bits, dtype)
+    N, K = 80, 4 * group
+    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
+    x, cs, bias = rand(M, K).to(dtype), col_scale(K), rand(N).to(dtype)
+    lowrank = (rand(N, rank, scale=0.1).to(dtype), rand(rank, K, scale=0.1).to(dtype)) if rank else None
+    ref = ref_matmul(x, packed, cs, lowrank, bias)
+    out = torch.full((M, N), float("nan"), device=DEV, dtype=dtype)
+    triton_backend._launch((bm, 64, 1, split, 4, 2), x, cs.float(), packed, lowrank, bias, out)
+    assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
+
+
+def test_only_wide_tiles_of_one_slice_codes_and_16_bit_activations_dequantize_every_code():
+    assert triton_backend.wa_scaled(64, 4, torch.bfloat16) and triton_backend.wa_scaled(64, 2, torch.float16)
+    assert not triton_backend.wa_scaled(64, 3, torch.bfloat16)  # two slices, two offsets
+    assert not triton_backend.wa_scaled(64, 4, torch.float32)
+    assert not triton_backend.wa_scaled(triton_backend.WA_SCALED_MIN_BM // 2, 4, torch.bfloat16)
+
+
 @pytest.mark.parametrize("bits, group", [(2, 64), (2, 128), (2, 256), (4, 32), (4, 64), (4, 128)])
 def test_pair_order_puts_each_operand_pair_in_one_word_16_bits_apart(bits, group):
     """pair_order: κ → channel is a permutation of the group; the channels of κ and κ+1 (κ even) are
@@ -343,18 +343,19 @@ def test_pair_order_puts_each_operand_pair_in_one_word_16_bits_apart(bits, group
     assert triton_backend.pair_order(2, 32) is None and triton_backend.pair_order(3, 64) is None
 
 
-def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_faster():
+def test_weight_as_left_operand_gemm_leads_where_runs_11_to_15_measured_it_faster():
     """The heuristic tile is the new kernel's on the large layers at W2 from 3 to 64 tokens (H200 runs
-    11-12) and at W4 from 3 to 32 (run 12, with code pairs and atomic split-K), Gemma-2B gate/up and
-    down, from 3 to 32 tokens on layers of 4M-12M weights (run 12, 2048 x 2048), and from 2 to 32 on
-    smaller ones (run 14); elsewhere it is only a candidate for the autotuner."""
+    11-12) and at W4 from 3 to 32 (run 12, with code pairs and atomic split-K) and to 64 (run 15, tiles of 64 rows
+    dequantizing every code), Gemma-2B gate/up and down, from 3 to 32 tokens on layers of 4M-12M weights
+    (run 12, 2048 x 2048), and from 2 to 32 on smaller ones (run 14); elsewhere it is only a candidate for
+    the autotuner."""
     first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
     assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
     assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
     assert first(2, 16, 2048, 16384) == (16, 256, 1, 33, 4, 3)  # 2 programs an SM up to 16 tokens (run 12)
     assert first(2, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)  # 1 above
-    assert first(2, 64, 16384, 2048) == (64, 128, 1, 2, 4, 3)  # 2 splits, not 3 (rounded down)
-    assert first(2, 64, 2048, 16384) == (64, 128, 1, 16, 4, 3)
+    assert first(2, 64, 16384, 2048) == (64, 256, 1, 9, 4, 3)  # 64 rows: 256 columns, 4 programs an SM from 8192
+    assert first(4, 40, 2048, 16384) == (64, 256, 1, 33, 4, 3)  # columns, 2 below (run 15)
     assert first(4, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)
     assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
     assert first(4, 5, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
@@ -362,7 +363,7 @@ def test_weight_as_left_operand_gemm_leads_where_runs_11_and_12_measured_it_fast
     assert first(2, 32, 2048, 2048) == (32, 64, 1, 17, 4, 3)
     assert first(4, 3, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # from 3 tokens (run 12)
     assert first(2, 8, 2048, 1024) == (16, 128, 1, 16, 4, 3)  # under 4M weights, from 2 to 32 tokens (run 14)
-    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 33, 16384, 2048), (2, 33, 2048, 1024), (2, 40, 2048, 2048),
+    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 65, 16384, 2048), (2, 33, 2048, 1024), (2, 40, 2048, 2048),
                           (3, 8, 16384, 2048), (3, 8, 2048, 1024)]:
         assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
         assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
@@ -654,19 +655,12 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(33, 2048, 2048, 4) == "dequant"
     assert triton_backend.path_for(800, 16384, 2048) == "dequant"
     # the GEMMs' reach depends on the width: W2 to 64 tokens on the large layers since the
-    # weight-as-left-operand kernel (H200 run 11), W4 to 48 (run 9) or, on GPUs of less memory bandwidth
-    # than the H200, to 64 (H100 run 15: 1.15-1.45x faster at 49-64), and never at widths of several slices
-    # (3 bits: 3-5x slower than dequantize + cuBLAS, run 9)
+    # weight-as-left-operand kernel (H200 run 11), W4 since its tiles of 64 rows dequantize every code (run 15),
+    # and never at widths of several slices (3 bits: 3-5x slower than dequantize + cuBLAS, run 9)
     assert triton_backend.path_for(64, 16384, 2048, 2) == "dot"
     assert triton_backend.path_for(65, 16384, 2048, 2) == "dequant"
-    assert triton_backend.path_for(48, 16384, 2048, 4) == "dot"
-    h100, h200 = 3.35e12, 4.8e12
-    assert triton_backend.path_for(64, 16384, 2048, 4) == "dequant"  # bandwidth unknown
-    assert triton_backend.path_for(64, 16384, 2048, 4, h200) == "dequant"
-    assert [triton_backend.path_for(M, 2048, 16384, 4, h100) for M in (49, 64, 65)] == ["dot", "dot", "dequant"]
-    assert triton_backend.path_for(64, 16384, 2048, 2, h100) == "dot"
-    assert triton_backend.path_for(64, 2048, 2048, 4, h100) == "dequant"  # mid-size layers: not from the bandwidth
-    assert triton_backend.path_for(56, 16384, 2048, 3, h100) == "dequant"
+    assert [triton_backend.path_for(M, 2048, 16384, 4) for M in (48, 64, 65)] == ["dot", "dot", "dequant"]
+    assert triton_backend.path_for(64, 2048, 2048, 4) == "dequant"  # mid-size layers stop at 32
     assert triton_backend.path_for(40, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"

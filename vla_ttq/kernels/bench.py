@@ -226,7 +226,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
                         x, w, s_x, lr, b, group)))
         other = None
         if M > 1:  # also time the other route for this M, to place the thresholds
-            mine = triton_backend.path_for(M, N, K, 4, triton_backend.peak_bandwidth(x.device))
+            mine = triton_backend.path_for(M, N, K, 4)
             other = {"gemv": "dot", "dot": "gemv" if M <= triton_backend.GEMV_MAX_M else "dequant",
                      "dequant": "dot"}[mine]
             if other == "dot" and M > 256:
@@ -241,7 +241,7 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             entry[f"{name} us"] = graph_time_us(fns)
             entry[f"{name} floor_us"] = nb / bw * 1e6
             if name.startswith("W") and name.count(" ") == 1:
-                path = triton_backend.path_for(M, N, K, int(name[1]), triton_backend.peak_bandwidth(x.device))
+                path = triton_backend.path_for(M, N, K, int(name[1]))
                 lowrank = name.endswith("r16")
                 key = triton_backend.tune_key("cuda", N, K, int(name[1]), group, M, torch.bfloat16, lowrank, path)
                 entry[f"{name} kernel"] = path

@@ -11,8 +11,7 @@ Rule (by the number of tokens M = x.numel() / K):
   there, and since run 12 3-4 tokens at 2 and 4 bits of layers from WA_MIN_NK weights too (the
   weight-as-left-operand GEMM: gate/up W4 M = 3 15.5 vs 16.9 µs, 2048 x 2048 5.9 vs 7.1);
 * 2 and 4 bits, M <= DOT_MAX_M[bits] on any layer up to M = 8, on large layers (N*K >=
-  DOT_MIN_NK; W4 to 64 on GPUs of less bandwidth than DOT_W4_64_MAX_BANDWIDTH), and up to
-  WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
+  DOT_MIN_NK), and up to WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
   Two kernels: dequantized tiles fed to tl.dot as the right operand (``quant_matmul_kernel``, rows
   past M masked, partial sums added by ``reduce_kernel``), or, first for the tokens of WA_FIRST_M
   (W2: 3-64, W4: 3-32; H200 runs 11-12), the weight as the left operand
@@ -58,15 +57,13 @@ DOT_ANY_LAYER_MAX_M = 8
 # 44.8 µs). Since run 11 the weight-as-left-operand GEMM leads at W2 from 5 tokens, and won or tied
 # up to 64 (H200, scripts/wa_gemm.py: gate/up W2 M = 32 23.8 vs 43.2 µs, M = 64 36.1-39.8 vs 43.8;
 # down M = 32 29.0 vs 44.5, M = 64 42.5-45.6 vs 45.6; docs/kernels.md). At W4 it leads up to 32
-# tokens since run 12 (WA_FIRST_M); at 33-48 the dequantizing GEMM stays first.
-DOT_MAX_M = {2: 64, 4: 48}
-# W4 at 49-64 tokens on GPUs of less memory bandwidth than this (bytes/s). The GEMM's time there is set by its
-# arithmetic, which the H100 and H200 share; dequantize + cuBLAS writes and reads a bf16 weight. On the H100
-# (3.35 TB/s; run 15, scripts/path_crossover.py) the GEMM won by 1.15-1.45x on every large layer (gate/up M = 64
-# 43.4 vs 58.9 µs, down 48.5 vs 60.7, Qwen3-32B q 56.4 vs 74.2; Qwen3-8B q at 64 lost, 28.6 vs 27.3); on the
-# H200 (4.8 TB/s, run 15's bench at 64 tokens) it lost by up to 1.25x (Qwen3-8B q 28.0 vs 22.4, 14B 40.2 vs 37.6,
-# down 48.4 vs 47.4; gate/up won 44.3 vs 45.5).
-DOT_W4_64_MAX_BANDWIDTH = 4e12
+# tokens since run 12 (WA_FIRST_M), and W4 reached 48 with the dequantizing GEMM. Since run 15 W4 too reaches 64,
+# with the weight-as-left-operand GEMM first: its tiles of 64 rows dequantize every code (WA_SCALED_MIN_BM), and
+# at 40 and 64 tokens they beat both the dequantizing GEMM and dequantize + cuBLAS on every large layer timed (H200,
+# scripts/wa_gemm.py: down M = 64 32.0 vs 48.2 and 47.2 µs, Qwen3-32B q 43.0 vs 56.0 and 55.9, Qwen3-8B q 22.1 vs
+# 27.6 and 22.3). Earlier in run 15, W4's reach had been made to depend on the memory bandwidth: dequantize + cuBLAS
+# was 1.15-1.45x slower than the dequantizing GEMM at 49-64 tokens on the H100, and up to 1.25x faster on the H200.
+DOT_MAX_M = {2: 64, 4: 64}
 DOT_MIN_NK = 12 << 20  # below ~12M weights, dequantize + cuBLAS beat the split-K GEMM at M = 16..64
 WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weight-as-left-operand GEMM's candidates
 # Tokens (first, last) for which that kernel's heuristic tile comes first on the large layers: W2 from 5 since run 11;
@@ -76,7 +73,7 @@ WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weig
 # W2 M = 3 12.9 vs 15.5; at M = 2 the GEMV won, 11.5 vs 12.9). On layers of WA_MIN_NK to DOT_MIN_NK weights it comes
 # first (and the GEMM path is taken) up to WA_MID_MAX_M tokens: on 2048 x 2048 it took 6.0-8.8 µs at 5-32 tokens
 # where the GEMM or dequantize + cuBLAS took 10.0-10.2, and lost at 64 (W4 13.4 vs 10.4)
-WA_FIRST_M = {2: (3, 64), 4: (3, 32)}
+WA_FIRST_M = {2: (3, 64), 4: (3, 64)}
 WA_MIN_NK = 4 << 20
 WA_MID_MAX_M = 32
 # Below WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) it comes first from 2 to 32 tokens too, with every
@@ -93,6 +90,9 @@ PAIRS_MAX_BM = 32
 # That kernel's K splits add into a zeroed workspace with atomics and its last program writes y (as the GEMV's do),
 # instead of writing partial sums for reduce_kernel
 WA_ATOMIC_TAIL = True
+# Tiles of at least this many token rows make every code S·c + Z in fp32 and round it to x's dtype for the dot (SCALED
+# in quant_matmul_wa_kernel, ``wa_scaled``), instead of scaling each group's dot (2 FMAs an output per group)
+WA_SCALED_MIN_BM = 64
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
 # above it the fold slows the dequantize pass more than the addmm costs (gate/up 125.1 vs 122.2).
@@ -243,8 +243,10 @@ def _wa_heuristic(M: int, N: int, G: int, sms: int, mid: bool = False) -> tuple:
     Gemma-2B gate/up and down: the best tile or within 1 µs of it; 2048 x 2048 within 1 µs up to 8
     tokens, 1 µs at 16-32): 256 columns up to 32 tokens, with split-K for 2 programs an SM up to
     16 tokens (since the atomic split-K tail of run 12: down W4 M = 16 15.4 µs, where 1 an SM took
-    18.1) and 1 above; at 33-64 tokens 128 columns and as close to 2 programs an SM as rounding
-    down allows (gate/up: 2 splits, 36.1 µs, where 3 took 45.6). On a ``mid``-size layer (WA_MIN_NK to
+    18.1) and 1 above; at 33-64 tokens (tiles that dequantize every code since run 15) 256 columns and
+    2 programs an SM, 4 from 8192 columns (H200 run 15, scripts/wa_gemm.py at 40 and 64 tokens: the best
+    of 10 tiles on Gemma-2B's gate/up and down and Qwen3's 8B, 14B and 32B q; down W4 M = 64 32.0 µs
+    against 38.2 with 4 an SM, gate/up 38.4 against 42.5 with 2). On a ``mid``-size layer (WA_MIN_NK to
     DOT_MIN_NK weights) from 8 tokens: 64 columns, split for 4 programs an SM (H200 run 14,
     scripts/small_layer_tiles.py, 2048 x 2048: M = 16 W4 6.49 µs against 7.31 with 256 columns, M = 32
     8.06 against 8.57; at 3-5 tokens 256 columns stayed best)."""
@@ -252,8 +254,15 @@ def _wa_heuristic(M: int, N: int, G: int, sms: int, mid: bool = False) -> tuple:
     if mid and M >= 8:
         return bm, 64, 1, _split(G, 1, N, 64, M, bm, 4, sms), 4, 3
     if bm == 64:
-        return bm, 128, 1, max(1, min(G, 2 * sms // math.ceil(N / 128))), 4, 3
+        return bm, 256, 1, _split(G, 1, N, 256, M, bm, 4 if N >= 8192 else 2, sms), 4, 3
     return bm, 256, 1, _split(G, 1, N, 256, M, bm, 2 if M <= 16 else 1, sms), 4, 3
+
+
+def wa_scaled(bm: int, bits: int, dtype: torch.dtype) -> bool:
+    """Whether the weight-as-left-operand kernel makes every code S·c + Z (WA_SCALED_MIN_BM): codes of one slice
+    (one 2^e offset for all) and 16-bit activations, whose dtype the dequantized codes take (S·c + Z lies
+    between the group's Z and Z + S·qmax, which are stored in fp16 themselves)."""
+    return bm >= WA_SCALED_MIN_BM and len(slice_widths(bits)) == 1 and dtype in (torch.float16, torch.bfloat16)
 
 
 def _gt_min(bits: int, group: int) -> int:
@@ -472,8 +481,9 @@ def _launch(cfg, x2, cs, packed, lowrank, bias, out):
         if atomic:
             ws, lock, tpart = _split_k_buffers(x2.device, N, grid[0] * bm * common["BR"], rows=bm)
         kernel, args = tk.quant_matmul_wa_kernel, (_shift_table(x2.device), ws, lock)
+        scaled = wa_scaled(bm, packed.bits, x2.dtype)
         extra = dict(MAGIC=magic, MAGIC_VALUE=magic_value, STAGES=cfg[5], PAIRS=pairs, ASM=not interpreting(),
-                     ATOMIC=atomic, PAIR_ASM=_pair_asm(packed.bits, magic) if pairs else "")
+                     ATOMIC=atomic, PAIR_ASM=_pair_asm(packed.bits, magic) if pairs else "", SCALED=scaled)
     kernel[grid](
         x2, cs_, packed.data, packed.scale_t, packed.zero_t, dst, bias_, a_, b_, tpart, *args,
         M, N, K, G, sl["row1"], sl["row2"], per, R,
@@ -552,34 +562,16 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
     return tuple(_candidates(bits, group, K, N, M, sms))
 
 
-def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4, bandwidth: float | None = None) -> str:
+def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4) -> str:
     """Which kernel runs M tokens of an N x K layer of ``bits``-bit codes (module docstring;
     thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, run 9 for
-    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M). ``bandwidth``: the GPU's
-    memory bandwidth in bytes/s (``peak_bandwidth``), None where unknown (DOT_W4_64_MAX_BANDWIDTH)."""
+    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M)."""
     if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK) and not _wa_first(bits, M, N, K)):
         return "gemv"
-    max_m = DOT_MAX_M.get(bits, 0)
-    if bits == 4 and bandwidth is not None and bandwidth < DOT_W4_64_MAX_BANDWIDTH:
-        max_m = 64
-    if 0 < M <= max_m and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK or _wa_first(bits, M, N, K)):
+    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK
+                                             or _wa_first(bits, M, N, K)):
         return "dot"
     return "dequant"
-
-
-@functools.lru_cache(maxsize=None)
-def _peak_bandwidth(device_index: int) -> float | None:
-    props = torch.cuda.get_device_properties(device_index)
-    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
-    return 2 * bus_bits / 8 * clock_khz * 1e3 if clock_khz and bus_bits else None  # double data rate
-
-
-def peak_bandwidth(device: torch.device) -> float | None:
-    """The GPU's peak memory bandwidth in bytes/s from its properties; None off CUDA or where torch does not
-    report the memory clock and bus width."""
-    if device.type != "cuda":
-        return None
-    return _peak_bandwidth(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _autotune_max_m() -> int:
@@ -601,7 +593,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    path = path or path_for(M, N, K, packed.bits, peak_bandwidth(x.device))
+    path = path or path_for(M, N, K, packed.bits)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
@@ -737,8 +729,6 @@ def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, 
     N, K = w.shape
     if x.shape[-1] != K:
         raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
-    # No bandwidth: W4 at 49-64 tokens keeps the dense pass even where quant_matmul takes the GEMM. Packing and
-    # then the GEMM was slower there (H100 run 15, gate/up M = 64: 90.4 vs 86.0 µs, down 102.3 vs 97.1).
     if path_for(x.numel() // max(K, 1), N, K, bits) == "dequant":
         w_eff = qdq_weight(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, dtype=x.dtype)
         return F.linear(x, w_eff, None if bias is None else bias.to(x.dtype))

@@ -274,12 +274,15 @@ def quant_matmul_wa_kernel(
     GROUP: tl.constexpr, GT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
     DOT_DTYPE: tl.constexpr, HAS_CS: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_LR: tl.constexpr, MAGIC: tl.constexpr, MAGIC_VALUE: tl.constexpr, STAGES: tl.constexpr,
-    PAIRS: tl.constexpr, ASM: tl.constexpr, ATOMIC: tl.constexpr, PAIR_ASM: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr, ATOMIC: tl.constexpr, PAIR_ASM: tl.constexpr, SCALED: tl.constexpr,
 ):
     """The split-K GEMM with the weight as the left operand ("swap AB"): each program sums a
     (BN, BM) block of yᵀ, so the output features fill the tensor cores' 64-row side and the few
     tokens their narrow side, and the dequantized codes can stay in registers. Scales are applied
-    once per group to the group's dot (acc += S·(codes·x') + Z·Σx'), not to every code. Grid and
+    once per group to the group's dot (acc += S·(codes·x') + Z·Σx'), not to every code. SCALED (one
+    slice): instead every code becomes S·c + Z in fp32, rounded once to the dot's dtype as
+    dequantize + cuBLAS rounds its weight, and the dots chain into one accumulator: no per-group
+    step, whose cost grows with the tokens, and no wait on each group's dot. Grid and
     partials as ``quant_matmul_kernel``; GT groups per loop step. ATOMIC (one tile of rows): no
     partials and no reduce kernel; K splits add into a zeroed workspace, as in the GEMV, and the
     last program of each column block writes y (``_gemv1_split_k_tail``)."""
@@ -302,18 +305,21 @@ def quant_matmul_wa_kernel(
                                 DOT_DTYPE)
             if PAIRS:
                 xr = _pair_x(xr, W0, GROUP, BM)
-            d = tl.dot(a, xr)
-            if W1 > 0:
-                a1 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row1, W1, GROUP, BN, DOT_DTYPE, MAGIC)
-                d += tl.dot(a1, xr) * (1 << OFF1)
-            if W2 > 0:
-                a2 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row2, W2, GROUP, BN, DOT_DTYPE, MAGIC)
-                d += tl.dot(a2, xr) * (1 << OFF2)
             scale = tl.load(s_ptr + g * N + offs_n, mask=mask_g, other=0.0).to(tl.float32)
             zero = tl.load(z_ptr + g * N + offs_n, mask=mask_g, other=0.0).to(tl.float32)
             if MAGIC != 0:
                 zero -= scale * (MAGIC_VALUE * OFFSETS)
-            acc += scale[:, None] * d + zero[:, None] * xsum[None, :]
+            if SCALED:  # codes 2^e + c are exact in fp32, Z - 2^e·S is to ~2^-17 S: one rounding, to DOT_DTYPE
+                acc = tl.dot((a.to(tl.float32) * scale[:, None] + zero[:, None]).to(DOT_DTYPE), xr, acc)
+            else:
+                d = tl.dot(a, xr)
+                if W1 > 0:
+                    a1 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row1, W1, GROUP, BN, DOT_DTYPE, MAGIC)
+                    d += tl.dot(a1, xr) * (1 << OFF1)
+                if W2 > 0:
+                    a2 = _group_codes(w_ptr, shift_ptr, offs_n, mask_g, g, N, row2, W2, GROUP, BN, DOT_DTYPE, MAGIC)
+                    d += tl.dot(a2, xr) * (1 << OFF2)
+                acc += scale[:, None] * d + zero[:, None] * xsum[None, :]
     k0, k1 = t0 * GT * GROUP, tl.minimum(t1 * GT * GROUP, K)
     if ATOMIC:  # split-K summed by atomics, the last program of a column block writes y (tpart_ptr: tws)
         lr_t = tl.zeros((BM, BR), tl.float32)
