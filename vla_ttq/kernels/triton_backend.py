@@ -14,10 +14,11 @@ Rule (by the number of tokens M = x.numel() / K):
   DOT_MIN_NK), and up to WA_MID_MAX_M tokens on layers from WA_MIN_NK: a split-K tensor-core GEMM.
   Two kernels: dequantized tiles fed to tl.dot as the right operand (``quant_matmul_kernel``, rows
   past M masked, partial sums added by ``reduce_kernel``), or, first for the tokens of WA_FIRST_M
-  (W2: 3-64, W4: 3-32; H200 runs 11-12), the weight as the left operand
+  (3-64 tokens; W4 3-32 until run 15; H200 runs 11-12, 15), the weight as the left operand
   (``quant_matmul_wa_kernel``: 6-tuple tiles; fp32 activations run the first kernel): its codes
   made in registers, two per instruction in tiles of up to 32 tokens (``pair_order``), S and Z
-  applied per group, K splits added by atomics and the last program of a column block writing y.
+  applied per group (in tiles of 64 tokens to every code instead, ``wa_scaled``), K splits added by
+  atomics and the last program of a column block writing y.
   Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
   (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
   memory;
