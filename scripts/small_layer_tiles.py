@@ -6,7 +6,8 @@ Layers under WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) take the sp
 GEMM at 2-8 tokens with its heuristic tile. Run 14's autotuner check found a tile of the
 weight-as-left-operand GEMM 1.8x faster there (k/v, 3 tokens: 6.5 -> 3.5 µs). This times, per
 (layer, M, width), bf16 cuBLAS, what ``quant_matmul`` picks now, every candidate of the GEMM path
-(``_candidates``: split-K GEMM and weight-as-left-operand tiles), the GEMV's heuristic tile
+(``_candidates``: split-K GEMM and weight-as-left-operand tiles, and the latter's heuristics for
+small, mid-size and large layers), the GEMV's heuristic tile
 (M <= 4) and dequantize + cuBLAS, each checked against float64 first. Timing as in
 ``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating past L2). Writes small_layer_tiles.json.
 """
@@ -24,7 +25,8 @@ from vla_ttq.kernels import reference, triton_backend
 from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, script_args, script_layers
 
 LAYERS = {"2b k/v": (256, 2048), "300m q": (2048, 1024), "300m k/v": (256, 1024), "300m o": (1024, 2048),
-          "2b q/o": (2048, 2048)}  # the last one is mid-size (4M weights): only where SL_LAYERS names it
+          "2b q/o": (2048, 2048), "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "qwen3-4b q": (4096, 2560)}
+# the last four are mid-size (4M-12M weights): only where SL_LAYERS names them
 LAYERS = {k: LAYERS[k] for k in os.environ.get("SL_LAYERS", "2b k/v,300m q,300m k/v,300m o").split(",")}
 MS = tuple(int(m) for m in os.environ.get("SL_MS", "2,3,4,5,8").split(","))
 BITS = tuple(int(b) for b in os.environ.get("SL_BITS", "4,2").split(","))
@@ -44,7 +46,10 @@ def main() -> None:
             row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=path, variants=[])
             row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
             row["picked"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
-            for cfg in triton_backend._candidates(bits, 64, K, N, M, sms):
+            G = K // 64  # the weight-as-left-operand kernel's heuristics, also where it is not (yet) first
+            extra = [triton_backend._wa_small_heuristic(M, N, G), triton_backend._wa_heuristic(M, N, G, sms, True),
+                     triton_backend._wa_heuristic(M, N, G, sms)]
+            for cfg in dict.fromkeys(triton_backend._candidates(bits, 64, K, N, M, sms) + extra):
                 row["variants"].append(dict(kind="dot", cfg=cfg, **checked_time(
                     lambda p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out), copies, ref)))
             if M <= triton_backend.GEMV_MAX_M:

@@ -347,8 +347,8 @@ def test_weight_as_left_operand_gemm_leads_where_runs_11_to_15_measured_it_faste
     """The heuristic tile is the new kernel's on the large layers at W2 from 3 to 64 tokens (H200 runs
     11-12) and at W4 from 3 to 32 (run 12, with code pairs and atomic split-K) and to 64 (run 15, tiles of 64 rows
     dequantizing every code), Gemma-2B gate/up and down, from 3 to 32 tokens on layers of 4M-12M weights
-    (run 12, 2048 x 2048), and from 2 to 32 on smaller ones (run 14); elsewhere it is only a candidate for
-    the autotuner."""
+    (run 12, 2048 x 2048; W2 to 64 since run 15), and from 2 to 32 on smaller ones (run 14; to 64 on those of
+    at most 512 outputs since run 15); elsewhere it is only a candidate for the autotuner."""
     first = lambda bits, M, N, K: triton_backend._candidates(bits, 64, K, N, M, 132)[0]  # noqa: E731
     assert first(2, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # 64 column blocks, 2 programs an SM
     assert first(2, 8, 2048, 16384) == (16, 256, 1, 33, 4, 3)
@@ -358,12 +358,14 @@ def test_weight_as_left_operand_gemm_leads_where_runs_11_to_15_measured_it_faste
     assert first(4, 40, 2048, 16384) == (64, 256, 1, 33, 4, 3)  # columns, 2 below (run 15)
     assert first(4, 8, 16384, 2048) == (16, 256, 1, 5, 4, 3)
     assert first(4, 32, 2048, 16384) == (32, 256, 1, 17, 4, 3)
-    assert first(4, 5, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens
+    assert first(4, 5, 2048, 2048) == (16, 256, 1, 32, 4, 3)  # a mid-size layer, up to 32 tokens (W4), 64 (W2)
+    assert first(2, 40, 2048, 2048) == (64, 64, 1, 17, 4, 3)
+    assert first(4, 40, 256, 2048) == (64, 64, 1, 32, 4, 3)  # at most 512 outputs: up to 64 tokens (run 15)
     assert first(4, 16, 2048, 2048) == (16, 64, 1, 17, 4, 3)  # from 8 tokens 64 columns, 4 programs an SM (run 14)
     assert first(2, 32, 2048, 2048) == (32, 64, 1, 17, 4, 3)
     assert first(4, 3, 16384, 2048) == (16, 256, 1, 5, 4, 3)  # from 3 tokens (run 12)
     assert first(2, 8, 2048, 1024) == (16, 128, 1, 16, 4, 3)  # under 4M weights, from 2 to 32 tokens (run 14)
-    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 65, 16384, 2048), (2, 33, 2048, 1024), (2, 40, 2048, 2048),
+    for bits, M, N, K in [(4, 2, 16384, 2048), (4, 65, 16384, 2048), (2, 33, 2048, 1024), (4, 40, 2048, 2048),
                           (3, 8, 16384, 2048), (3, 8, 2048, 1024)]:
         assert len(first(bits, M, N, K)) == 5, (bits, M, N, K)
         assert any(len(c) == 6 for c in triton_backend._candidates(bits, 64, K, N, M, 132))
@@ -642,8 +644,9 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(16, 16384, 2048) == "dot"
     # layers under 4M weights: the weight-as-left-operand GEMM from 2 to 32 tokens (H200 run 14: it beat the
     # GEMV, the split-K GEMM and dequantize + cuBLAS on every small layer), one group a program, 64 or 128 columns
-    paths = [triton_backend.path_for(M, 256, 2048) for M in (1, 2, 16, 32, 33)]
-    assert paths == ["gemv", "dot", "dot", "dot", "dequant"]
+    paths = [triton_backend.path_for(M, 256, 2048) for M in (1, 2, 16, 32, 64, 65)]
+    assert paths == ["gemv", "dot", "dot", "dot", "dot", "dequant"]  # k/v: to 64 tokens since run 15
+    assert triton_backend.path_for(33, 2048, 1024) == "dequant"  # wider small layers: to 32
     assert triton_backend.path_for(16, 2048, 1024, 2) == "dot" and triton_backend.path_for(2, 256, 2048, 3) == "gemv"
     assert triton_backend._candidates(4, 64, 2048, 256, 3, 132)[0] == (16, 64, 1, 32, 4, 3)
     assert triton_backend._candidates(2, 64, 1024, 2048, 32, 132)[0] == (32, 128, 1, 16, 4, 3)
@@ -661,7 +664,8 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(65, 16384, 2048, 2) == "dequant"
     assert [triton_backend.path_for(M, 2048, 16384, 4) for M in (48, 64, 65)] == ["dot", "dot", "dequant"]
     assert triton_backend.path_for(64, 2048, 2048, 4) == "dequant"  # mid-size layers stop at 32
-    assert triton_backend.path_for(40, 2048, 2048, 2) == "dequant"
+    assert triton_backend.path_for(64, 2048, 2048, 2) == "dot"  # W2 on mid-size layers to 64 since run 15
+    assert triton_backend.path_for(65, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"
     with pytest.raises(ValueError, match="at most"):

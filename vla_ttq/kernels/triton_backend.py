@@ -73,17 +73,22 @@ WA_TILES = ((256, 2), (128, 2), (64, 4))  # (columns, programs per SM): the weig
 # 15.7 vs 23.7 µs, down M = 32 22.0 vs 36.3); from 3 tokens since it beat the GEMV there (scripts/wa_gemm.py: down
 # W2 M = 3 12.9 vs 15.5; at M = 2 the GEMV won, 11.5 vs 12.9). On layers of WA_MIN_NK to DOT_MIN_NK weights it comes
 # first (and the GEMM path is taken) up to WA_MID_MAX_M tokens: on 2048 x 2048 it took 6.0-8.8 µs at 5-32 tokens
-# where the GEMM or dequantize + cuBLAS took 10.0-10.2, and lost at 64 (W4 13.4 vs 10.4)
+# where the GEMM or dequantize + cuBLAS took 10.0-10.2, and lost at 64 (W4 13.4 vs 10.4). Since run 15's 64-row
+# tiles dequantize every code, W2 keeps it to 64 tokens there (H200, scripts/small_layer_tiles.py: 2048 x 2048 at 48
+# tokens 8.4 vs 10.1 µs, 1024 x 4096 8.3 vs 12.4; W4 still lost to dequantize + cuBLAS, 2048 x 2048 at 64 12.5 vs 10.3)
 WA_FIRST_M = {2: (3, 64), 4: (3, 64)}
 WA_MIN_NK = 4 << 20
-WA_MID_MAX_M = 32
+WA_MID_MAX_M = {2: 64, 4: 32}
 # Below WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) it comes first from 2 to 32 tokens too, with every
 # program on one group (split = G) and 64 columns where N <= 512, else 128: the split-K GEMM's tile, the GEMV (2-4
 # tokens) and dequantize + cuBLAS (9-32) had too few programs or a launch too many, and it beat all three on every
 # small layer measured (H200 run 14, scripts/small_layer_tiles.py: k/v 256 x 2048 at 3 tokens 3.5 µs against 6.4 for
 # the GEMM and 5.9 for the GEMV, at 16 tokens 3.8 against 7.0 for dequantize + cuBLAS; that column rule stays within
-# 6 % of the best of its tiles); at 64 tokens dequantize + cuBLAS won on 2048 x 1024 and 1024 x 2048
+# 6 % of the best of its tiles); at 64 tokens dequantize + cuBLAS won on 2048 x 1024 and 1024 x 2048. Layers of at
+# most WA_NARROW_N outputs (k/v) keep it to 64 tokens since run 15's 64-row tiles (H200, scripts/small_layer_tiles.py:
+# k/v 256 x 2048 W4 at 48 tokens 5.1 vs 7.2 µs, at 64 5.6 vs 7.2, bf16 5.7; 2048 x 1024 at 64 still lost, 7.7 vs 7.6)
 WA_SMALL_M = (2, 32)
+WA_NARROW_N, WA_NARROW_MAX_M = 512, 64
 # Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
 # than the pairs saved (H200 run 12: gate/up W2 M = 64 43.9 vs 40.5 µs, down 49.6 vs 46.4), while at 32 they won
 # (gate/up W4 23.4 vs 32.8, W2 21.9 vs 24.2)
@@ -227,10 +232,10 @@ def _wa_first(bits: int, M: int, N: int, K: int) -> bool:
     if bits not in WA_FIRST_M:
         return False
     if N * K < WA_MIN_NK:
-        return WA_SMALL_M[0] <= M <= WA_SMALL_M[1]
+        return WA_SMALL_M[0] <= M <= (WA_NARROW_MAX_M if N <= WA_NARROW_N else WA_SMALL_M[1])
     first, last = WA_FIRST_M[bits]
     if N * K < DOT_MIN_NK:
-        last = min(last, WA_MID_MAX_M)
+        last = min(last, WA_MID_MAX_M[bits])
     return first <= M <= last
 
 
