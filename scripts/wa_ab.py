@@ -5,7 +5,7 @@
 pairs (run 12): codes made two per instruction in the pair order (``pair_order``) against one at a
 time (pair_order patched to None, channels in order). atomic (run 12): K splits added by atomics,
 the last program writing y (``WA_ATOMIC_TAIL``), against partial sums and ``reduce_kernel``. scaled
-(run 15): every code made S·c + Z and rounded to bf16 before one chained dot (``WA_SCALED_MIN_BM``),
+(run 15): every code made S·c + Z and rounded to x's dtype before one chained dot (``WA_SCALED_MIN_BM``),
 against S and Z applied to each group's dot.
 For Gemma-2B's gate/up, down and q/o at W4 and W2 (g64), 5-64 tokens: bf16 cuBLAS, what
 ``quant_matmul`` runs now, and for each tile of ``quant_matmul_wa_kernel`` the launch with the

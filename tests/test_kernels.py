@@ -302,11 +302,12 @@ def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, 
 
 @pytest.mark.parametrize("dtype", WA_DTYPES)
 @pytest.mark.parametrize("bits, group, M, bm, split, rank", [(4, 64, 50, 64, 2, 0), (2, 64, 9, 16, 1, 8),
-                                                             (4, 32, 33, 64, 1, 16), (1, 64, 20, 32, 3, 0)])
+                                                             (4, 32, 33, 64, 1, 16), (1, 64, 20, 32, 3, 0),
+                                                             (8, 64, 40, 64, 2, 0)])
 def test_weight_as_left_operand_gemm_with_dequantized_codes_matches_float64(monkeypatch, dtype, bits, group, M, bm,
                                                                            split, rank):
     """SCALED: every code made S·c + Z in fp32 and rounded once to x's dtype, the groups' dots chained into one
-    accumulator; pairs (2 and 4 bits, group 64) or codes one at a time (group 32, 1 bit), the atomic tail or
+    accumulator; pairs (2 and 4 bits, group 64) or codes one at a time (group 32, 1 and 8 bits), the atomic tail or
     split partials, padded rows. Only one-slice widths and 16-bit activations take it (wa_scaled)."""
     monkeypatch.setattr(triton_backend, "WA_SCALED_MIN_BM", 1)
     assert triton_backend.wa_scaled(bm, bits, dtype)
