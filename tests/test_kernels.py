@@ -290,14 +290,21 @@ def test_weight_as_left_operand_gemm_matches_float64(dtype, bits, group, M, gt, 
     group·bits >= 128), one dot per group and slice, S and Z applied to each
     group's sum, 2^e·Σx' taken back out; split-K partials or the fused epilogue; N not a multiple
     of the tile, M rows padded, and 3 groups for steps of 2 (the last step half past the layer)."""
-    N, K = 80, 3 * group
+    assert _wa_tile_error((16, 64, gt, split, 4, 2), dtype, bits, group, M, 3, rank) < (TOL if CUDA else 2e-3)
+
+
+def _wa_tile_error(cfg, dtype, bits, group, M, groups, rank) -> float:
+    """One launch of a weight-as-left-operand tile on an 80-output layer of ``groups`` groups, with
+    bias, col scale and an optional low-rank term, into a NaN-poisoned output (every element must be
+    written): its relative error against float64."""
+    N, K = 80, groups * group
     packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
     x, cs, bias = rand(M, K).to(dtype), col_scale(K), rand(N).to(dtype)
     lowrank = (rand(N, rank, scale=0.1).to(dtype), rand(rank, K, scale=0.1).to(dtype)) if rank else None
     ref = ref_matmul(x, packed, cs, lowrank, bias)
-    out = torch.full((M, N), float("nan"), device=DEV, dtype=dtype)  # poisoned: every element must be written
-    triton_backend._launch((16, 64, gt, split, 4, 2), x, cs.float(), packed, lowrank, bias, out)
-    assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
+    out = torch.full((M, N), float("nan"), device=DEV, dtype=dtype)
+    triton_backend._launch(cfg, x, cs.float(), packed, lowrank, bias, out)
+    return rel_err(out, ref)
 
 
 @pytest.mark.parametrize("dtype", WA_DTYPES)
@@ -311,14 +318,7 @@ def test_weight_as_left_operand_gemm_with_dequantized_codes_matches_float64(monk
     split partials, padded rows. Only one-slice widths and 16-bit activations take it (wa_scaled)."""
     monkeypatch.setattr(triton_backend, "WA_SCALED_MIN_BM", 1)
     assert triton_backend.wa_scaled(bm, bits, dtype)
-    N, K = 80, 4 * group
-    packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, group))
-    x, cs, bias = rand(M, K).to(dtype), col_scale(K), rand(N).to(dtype)
-    lowrank = (rand(N, rank, scale=0.1).to(dtype), rand(rank, K, scale=0.1).to(dtype)) if rank else None
-    ref = ref_matmul(x, packed, cs, lowrank, bias)
-    out = torch.full((M, N), float("nan"), device=DEV, dtype=dtype)
-    triton_backend._launch((bm, 64, 1, split, 4, 2), x, cs.float(), packed, lowrank, bias, out)
-    assert rel_err(out, ref) < (TOL if CUDA else 2e-3)
+    assert _wa_tile_error((bm, 64, 1, split, 4, 2), dtype, bits, group, M, 4, rank) < (TOL if CUDA else 2e-3)
 
 
 def test_only_wide_tiles_of_one_slice_codes_and_16_bit_activations_dequantize_every_code():

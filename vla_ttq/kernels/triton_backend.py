@@ -80,13 +80,13 @@ WA_FIRST_M = {2: (3, 64), 4: (3, 64)}
 WA_MIN_NK = 4 << 20
 WA_MID_MAX_M = {2: 64, 4: 32}
 # Below WA_MIN_NK weights (Gemma-2B's k/v, Gemma-300M's layers) it comes first from 2 to 32 tokens too, with every
-# program on one group (split = G) and 64 columns where N <= 512, else 128: the split-K GEMM's tile, the GEMV (2-4
-# tokens) and dequantize + cuBLAS (9-32) had too few programs or a launch too many, and it beat all three on every
-# small layer measured (H200 run 14, scripts/small_layer_tiles.py: k/v 256 x 2048 at 3 tokens 3.5 µs against 6.4 for
-# the GEMM and 5.9 for the GEMV, at 16 tokens 3.8 against 7.0 for dequantize + cuBLAS; that column rule stays within
-# 6 % of the best of its tiles); at 64 tokens dequantize + cuBLAS won on 2048 x 1024 and 1024 x 2048. Layers of at
-# most WA_NARROW_N outputs (k/v) keep it to 64 tokens since run 15's 64-row tiles (H200, scripts/small_layer_tiles.py:
-# k/v 256 x 2048 W4 at 48 tokens 5.1 vs 7.2 µs, at 64 5.6 vs 7.2, bf16 5.7; 2048 x 1024 at 64 still lost, 7.7 vs 7.6)
+# program on one group (split = G) and 64 columns where N <= WA_NARROW_N, else 128: the split-K GEMM's tile, the GEMV
+# (2-4 tokens) and dequantize + cuBLAS (9-32) had too few programs or a launch too many, and it beat all three on every
+# small layer measured (H200 run 14, scripts/small_layer_tiles.py: k/v 256 x 2048 at 3 tokens 3.5 µs against 6.4 for the
+# GEMM and 5.9 for the GEMV, at 16 tokens 3.8 against 7.0 for dequantize + cuBLAS; that column rule stays within 6 % of
+# the best of its tiles); at 64 tokens dequantize + cuBLAS won on 2048 x 1024 and 1024 x 2048. Layers of at most
+# WA_NARROW_N outputs (k/v) keep it to 64 tokens since run 15's 64-row tiles (H200, scripts/small_layer_tiles.py: k/v
+# 256 x 2048 W4 at 48 tokens 5.1 vs 7.2 µs, at 64 5.6 vs 7.2, bf16 5.7; 2048 x 1024 at 64 still lost, 7.7 vs 7.6)
 WA_SMALL_M = (2, 32)
 WA_NARROW_N, WA_NARROW_MAX_M = 512, 64
 # Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
@@ -241,7 +241,7 @@ def _wa_first(bits: int, M: int, N: int, K: int) -> bool:
 
 def _wa_small_heuristic(M: int, N: int, G: int) -> tuple:
     """The weight-as-left-operand kernel's tile on a layer of fewer than WA_MIN_NK weights (WA_SMALL_M)."""
-    return _gemm_rows(M), 64 if N <= 512 else 128, 1, G, 4, 3
+    return _gemm_rows(M), 64 if N <= WA_NARROW_N else 128, 1, G, 4, 3
 
 
 def _wa_heuristic(M: int, N: int, G: int, sms: int, mid: bool = False) -> tuple:
