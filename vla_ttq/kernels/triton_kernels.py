@@ -345,6 +345,18 @@ def quant_matmul_wa_kernel(
 
 
 @triton.jit
+def prescale_kernel(x_ptr, cs_ptr, out_ptr, K, BK: tl.constexpr):
+    """x / cs for rows of x (grid: rows × K / BK), rounded to the output's dtype as ``_group_x``
+    rounds it: made once for the weight-as-left-operand GEMM instead of in each of its column blocks."""
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask = k < K
+    row = tl.program_id(0).to(tl.int64) * K
+    xv = tl.load(x_ptr + row + k, mask=mask, other=0.0).to(tl.float32)
+    xv = tl.fdiv(xv, tl.load(cs_ptr + k, mask=mask, other=1.0))
+    tl.store(out_ptr + row + k, xv.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def reduce_kernel(part_ptr, out_ptr, bias_ptr, tpart_ptr, b_ptr, M, N, SPLIT, R,
                   BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr):
     """Second pass of split-K: sum the partials (and the parts of t = x Aᵀ), add the epilogue,
