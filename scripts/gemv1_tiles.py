@@ -1,6 +1,6 @@
 """The M = 1 GEMV's tiles swept on this GPU (GPU only).
 
-    python scripts/gemv1_tiles.py --out DIR      (G1_LAYERS=gate/up,down)
+    python scripts/gemv1_tiles.py --out DIR      (G1_LAYERS=gate/up,down  G1_TILES=bn/gps/warps/stages,...)
 
 ``gemv1_kernel`` at W4 and W2 (g64) on Gemma-2B's large layers, one token: every tile
 (columns per program, groups per program = K split, warps, pipeline stages; fp16x2 pairs) timed
@@ -25,6 +25,8 @@ LAYERS = {"gate/up": (16384, 2048), "down": (2048, 16384)}
 LAYERS = {k: LAYERS[k] for k in os.environ.get("G1_LAYERS", ",".join(LAYERS)).split(",")}
 TILES = [(bn, gps, warps, stages, True) for bn, gps, warps, stages in
          itertools.product((512, 1024, 2048), (1, 2, 4), (4, 8), (1, 2))]
+if os.environ.get("G1_TILES"):  # e.g. 128/32/1/3: tiles outside the default sweep, with pairs
+    TILES = [tuple(int(v) for v in t.split("/")) + (True,) for t in os.environ["G1_TILES"].split(",")]
 
 
 def main() -> None:

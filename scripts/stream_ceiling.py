@@ -1,6 +1,6 @@
 """How fast can any Triton grid read a packed M = 1 weight on this GPU? (GPU only)
 
-    python scripts/stream_ceiling.py --out DIR [--quick]
+    python scripts/stream_ceiling.py --out DIR [--quick | --narrow]
 
 Times read-only kernels over the planar layout's transposed words (word rows × N int32) and the
 per-group S / Z rows of the Gemma-2B gate/up and down layers at W4 and W2, group 64: each
@@ -9,7 +9,9 @@ differ in columns per program (BN), K splits, warps, groups per loop step (C: by
 and software-pipeline stages. The fastest tile bounds what any M = 1 kernel reading this layout
 can do; the M = 1 kernel's tile should be chosen from what wins here. Timing as in
 ``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating past L2), beside bf16 cuBLAS and an
-empty launch. Writes ``stream_ceiling.json`` / ``.md``.
+empty launch. SC_LAYERS=gate/up picks layers. ``--narrow`` sweeps 64- and 128-column tiles with
+few K splits instead (gate/up in one split: 128 programs that each read a whole K, with no partial
+sums to add up). Writes ``stream_ceiling.json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -46,13 +49,19 @@ def read_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, G, GPP, WG: tl.constexpr, C: tl
     tl.store(out_ptr + pid_k * N + offs_n, y)
 
 
-def tiles(N: int, G: int, WG: int, quick: bool):
-    for bn, warps, splits, c, st in itertools.product((256, 512, 1024), (4, 8), (1, 2, 4, 8, 16, 32),
-                                                      (1, 2, 4, 8), (1, 3)):
+def tiles(N: int, G: int, WG: int, quick: bool, narrow: bool = False):
+    if narrow:  # few K splits: does a grid that needs little or no K reduction still stream at full speed?
+        grid = itertools.product((64, 128), (4, 8), (1, 2, 4, 8, 16), (1, 2, 4), (2, 3, 4))
+        per_thread_min, programs_min = 2, 64
+    else:
+        grid = itertools.product((256, 512, 1024), (4, 8), (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), (1, 3))
+        per_thread_min, programs_min = 8, 128
+    for bn, warps, splits, c, st in grid:
         gpp = G // splits
         per_thread = c * WG * bn // (32 * warps)  # words each thread holds per step
         programs = (N // bn) * splits
-        if gpp < 1 or c > gpp or gpp % c or not 8 <= per_thread <= 64 or not 128 <= programs <= 2048:
+        if (gpp < 1 or c > gpp or gpp % c or not per_thread_min <= per_thread <= 64
+                or not programs_min <= programs <= (256 if narrow else 2048)):
             continue
         if st > 1 and gpp // c < 2:
             continue
@@ -65,13 +74,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/kernels")
     ap.add_argument("--quick", action="store_true", help="fewer tiles (no 256-column tiles, no deep pipelines of big steps)")
+    ap.add_argument("--narrow", action="store_true", help="64/128-column tiles with few K splits (<= 256 programs)")
     ap.add_argument("--calls", type=int, default=256)
     args = ap.parse_args(argv)
     bw = measure_bandwidth()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     empty = empty_kernel_us()
     rows, best = [], []
-    for layer, N, K in (("gate/up", 16384, 2048), ("down", 2048, 16384)):
+    layers = (("gate/up", 16384, 2048), ("down", 2048, 16384))
+    for layer, N, K in [t for t in layers if t[0] in os.environ.get("SC_LAYERS", "gate/up,down").split(",")]:
         wb = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         xb = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         cublas = graph_time_us([lambda w=w: torch.nn.functional.linear(xb, w)
@@ -86,7 +97,7 @@ def main(argv=None):
                       for _ in range(n_copies(nbytes, l2))]
             out = torch.empty(G, N, device="cuda")
             res = []
-            for bn, warps, splits, c, st in tiles(N, G, WG, args.quick):
+            for bn, warps, splits, c, st in tiles(N, G, WG, args.quick, args.narrow):
                 def call(w, s, z, bn=bn, warps=warps, splits=splits, c=c, st=st):
                     read_kernel[(N // bn, splits)](w, s, z, out, N, G, G // splits, WG=WG, C=c, BN=bn, STAGES=st,
                                                    num_warps=warps)
