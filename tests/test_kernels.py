@@ -410,9 +410,11 @@ def test_weight_as_left_operand_gemm_makes_code_pairs_where_they_won(monkeypatch
 @pytest.mark.parametrize("bits, M, cfg", [(4, 20, (32, 64, 1, 2, 4, 2)), (2, 40, (64, 64, 1, 2, 4, 2)),
                                           (4, 9, (16, 64, 1, 1, 4, 2)), (3, 20, (32, 64, 2, 2, 4, 2))])
 def test_weight_as_left_operand_gemm_gives_the_same_output_with_x_prescaled(monkeypatch, dtype, bits, M, cfg):
-    """x / cs made by prescale_kernel before the GEMM (WA_PRESCALE_M) is the value each program made itself: the
-    output is bit for bit the same (code pairs, codes dequantized per code, the atomic tail and split partials, two
-    slices); with a low-rank term, which needs x itself, the kernel keeps dividing."""
+    """x / cs made by prescale_kernel before the GEMM (WA_PRESCALE_M) is the value each program made itself (one
+    division, one rounding): under the interpreter the output is bit for bit the same; compiled, the two kernels may
+    sum a group's x in another order (seen once on an H100: 3 bits, fp16), so there the outputs agree to well below
+    fp16's rounding (code pairs, codes dequantized per code, the atomic tail and split partials, two slices). With a
+    low-rank term, which needs x itself, the kernel keeps dividing."""
     N, K = 80, 4 * 64
     packed = triton_backend.prepare(triton_backend.quantize_pack(rand(N, K), None, bits, 64))
     x, cs, bias = rand(M, K).to(dtype), col_scale(K).float(), rand(N).to(dtype)
@@ -430,7 +432,10 @@ def test_weight_as_left_operand_gemm_gives_the_same_output_with_x_prescaled(monk
         triton_backend._launch(cfg, x, cs, packed, lr, bias, outs[prescale])
         assert rel_err(outs[prescale], ref_matmul(x, packed, cs, lr, bias)) < (TOL if CUDA else 2e-3), prescale
     assert launched == [("wa", True), ("wa", False), ("wa", True)]  # the prescaled launch gets no cs
-    assert torch.equal(outs[True], outs[False])
+    if CUDA:
+        assert rel_err(outs[True], outs[False].double()) < 2e-4
+    else:
+        assert torch.equal(outs[True], outs[False])
 
 
 def test_x_is_prescaled_for_the_weight_as_left_operand_gemm_only_on_large_layers_at_17_to_48_tokens():
