@@ -204,10 +204,11 @@ def test_column_scale_kernel_and_low_rank_pack_reject_bad_input():
         triton_backend.quantize_pack(rand(32, 128), None, 4, 64, lowrank=(rand(32, 4), rand(4, 64)))
 
 
-@pytest.mark.parametrize("M,rank", [(1, 0), (1, 16), (200, 0), (200, 16)])
+@pytest.mark.parametrize("M,rank", [(1, 0), (1, 16), (200, 0), (200, 16), (48, 0), (48, 16)])
 def test_online_matmul_quantizes_for_this_call_on_the_right_path(monkeypatch, M, rank):
     # TTQ's per-call step: where quant_matmul would dequantize for cuBLAS (large M) the quantize
-    # pass writes the dense weight itself, B A folded in; small M packs and runs the low-bit kernels
+    # pass writes the dense weight itself, B A folded in; small M packs and runs the low-bit kernels.
+    # At 48 tokens a packed weight of this narrow layer takes the GEMM, the per-call step its dense pass (run 16)
     N, K = 64, 256
     w = rand(N, K).to(XDTYPE)
     x, cs, bias = rand(M, K).to(XDTYPE), col_scale(K), rand(N)
@@ -216,8 +217,9 @@ def test_online_matmul_quantizes_for_this_call_on_the_right_path(monkeypatch, M,
     real_pack = triton_backend.quantize_pack
     monkeypatch.setattr(triton_backend, "quantize_pack", lambda *a, **k: packed_calls.append(1) or real_pack(*a, **k))
     y = triton_backend.online_matmul(x, w, cs, lowrank, bias, 4, 64)
-    assert (len(packed_calls) == 1) == (triton_backend.path_for(M, N, K, 4) != "dequant")
+    assert (len(packed_calls) == 1) == (triton_backend.path_for(M, N, K, 4, rank > 0, online=True) != "dequant")
     assert len(packed_calls) == (1 if M == 1 else 0)
+    assert triton_backend.path_for(M, N, K, 4, rank > 0) == {1: "gemv", 48: "dot", 200: "dequant"}[M]
     want = ref_matmul(x, reference.quantize_pack(w, cs, 4, 64, lowrank=lowrank), cs, lowrank, bias)
     tol = PAIRS_TOL if M == 1 else (2e-2 if CUDA else 1e-5)  # M = 1: the GEMV's fp16x2 pairs
     assert y.shape == (M, N) and rel_err(y, want) < tol
@@ -710,6 +712,15 @@ def test_path_rule_follows_m_and_layer_size():
     assert triton_backend.path_for(65, 2048, 2048, 2) == "dequant"
     assert triton_backend.path_for(8, 16384, 2048, 3) == "dequant" and triton_backend.path_for(5, 256, 256, 3) == "dequant"
     assert triton_backend.path_for(4, 16384, 2048, 3) == "gemv"
+    # run 15's reach to 64 tokens under 12M weights is for packed weights (H100 run 16): TTQ's per-call step keeps
+    # its dense pass from 33 tokens there, and so does a low-rank term on layers of more than 1024 outputs
+    assert triton_backend.path_for(48, 256, 2048, 4, lowrank=True) == "dot"  # k/v keep it with a low-rank term
+    assert triton_backend.path_for(48, 1024, 4096, 2, lowrank=True) == "dot"  # and Gemma-300M's down
+    assert triton_backend.path_for(48, 256, 2048, 4, online=True) == "dequant"
+    assert triton_backend.path_for(48, 2048, 2048, 2, lowrank=True) == "dequant"
+    assert triton_backend.path_for(48, 2048, 2048, 2, online=True) == "dequant"
+    assert triton_backend.path_for(32, 2048, 2048, 2, True, True) == "dot"  # up to 32 tokens as before
+    assert triton_backend.path_for(64, 16384, 2048, 4, True, True) == "dot"  # large layers: unchanged
     with pytest.raises(ValueError, match="at most"):
         triton_backend.quant_matmul(rand(20, 64).to(XDTYPE), triton_backend.quantize_pack(rand(32, 64), None, 4, 32),
                                     path="gemv")

@@ -241,8 +241,8 @@ def bench_shape(set_name, layer, N, K, ms, group, bw, l2, results, check=True):
             entry[f"{name} us"] = graph_time_us(fns)
             entry[f"{name} floor_us"] = nb / bw * 1e6
             if name.startswith("W") and name.count(" ") == 1:
-                path = triton_backend.path_for(M, N, K, int(name[1]))
                 lowrank = name.endswith("r16")
+                path = triton_backend.path_for(M, N, K, int(name[1]), lowrank)
                 key = triton_backend.tune_key("cuda", N, K, int(name[1]), group, M, torch.bfloat16, lowrank, path)
                 entry[f"{name} kernel"] = path
                 cfg = triton_backend._TUNED.get(key)

@@ -89,6 +89,17 @@ WA_MID_MAX_M = {2: 64, 4: 32}
 # 256 x 2048 W4 at 48 tokens 5.1 vs 7.2 µs, at 64 5.6 vs 7.2, bf16 5.7; 2048 x 1024 at 64 still lost, 7.7 vs 7.6)
 WA_SMALL_M = (2, 32)
 WA_NARROW_N, WA_NARROW_MAX_M = 512, 64
+# Those reaches to 64 tokens (WA_NARROW_MAX_M, and WA_MID_MAX_M's at W2) are for a packed weight (``_wa_first``). TTQ's
+# per-call step keeps dequantize + cuBLAS from 33 tokens on layers under DOT_MIN_NK weights (its quantize pass writes
+# the dequantized weight; packing it for the GEMM cost more), and so does a low-rank term on layers of more than
+# WA_LOWRANK_MAX_N outputs. H100, run 16, the kernel benchmark with run 15's reach and without it, at 33-64 tokens
+# (docs/kernels/h100_run16_bench_reach_64.json, _reach_32.json): TTQ W2 r16 on Gemma-2B q/o 31.0-32.1 µs against
+# 22.4-22.6, on Gemma-300M gate/up 30.2-31.5 against 20.0-20.2, TTQ W4 r16 on k/v 17.1-17.8 against 15.0-15.3; W2 r16
+# on q/o 14.5-16.2 against 13.3-13.4, on Gemma-300M gate/up 14.6-16.2 against 11.8-12.1. A packed weight keeps the
+# reach: W2 r0 on q/o 8.4-9.7 against 10.4-10.5; so do the low-rank terms of the narrower layers: W4 r16 on k/v
+# 6.3-6.9 against 7.9, W2 r16 on Gemma-300M down (1024 outputs) at 33-48 tokens 14.1-14.3 against
+# 15.4-15.5.
+WA_LOWRANK_MAX_N = 1024
 # Tiles of up to this many tokens make their codes two at a time (pair_order); at 64 the reordered x tile cost more
 # than the pairs saved (H200 run 12: gate/up W2 M = 64 43.9 vs 40.5 µs, down 49.6 vs 46.4), while at 32 they won
 # (gate/up W4 23.4 vs 32.8, W2 21.9 vs 24.2)
@@ -234,15 +245,20 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
     return out + wa
 
 
-def _wa_first(bits: int, M: int, N: int, K: int) -> bool:
-    """Whether the weight-as-left-operand GEMM's tile comes first for M tokens (WA_FIRST_M, WA_SMALL_M)."""
+def _wa_first(bits: int, M: int, N: int, K: int, lowrank: bool = False, online: bool = False) -> bool:
+    """Whether the weight-as-left-operand GEMM's tile comes first for M tokens (WA_FIRST_M, WA_SMALL_M). Run 15's
+    reach to 64 tokens on layers under DOT_MIN_NK weights (WA_NARROW_MAX_M, WA_MID_MAX_M) is for a packed weight
+    without a low-rank term, and with one up to WA_LOWRANK_MAX_N outputs: TTQ's per-call step (``online``) and the
+    wider layers' low-rank term stop at WA_SMALL_M's 32 tokens there (run 16)."""
     if bits not in WA_FIRST_M:
         return False
+    extended = not online and (not lowrank or N <= WA_LOWRANK_MAX_N)
     if N * K < WA_MIN_NK:
-        return WA_SMALL_M[0] <= M <= (WA_NARROW_MAX_M if N <= WA_NARROW_N else WA_SMALL_M[1])
+        narrow = N <= WA_NARROW_N and extended
+        return WA_SMALL_M[0] <= M <= (WA_NARROW_MAX_M if narrow else WA_SMALL_M[1])
     first, last = WA_FIRST_M[bits]
     if N * K < DOT_MIN_NK:
-        last = min(last, WA_MID_MAX_M[bits])
+        last = min(last, WA_MID_MAX_M[bits] if extended else WA_SMALL_M[1])
     return first <= M <= last
 
 
@@ -591,14 +607,16 @@ def tile_candidates(path: str, M: int, N: int, K: int, bits: int, group: int, sm
     return tuple(_candidates(bits, group, K, N, M, sms))
 
 
-def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4) -> str:
+def path_for(M: int, N: int = 1 << 30, K: int = 1, bits: int = 4, lowrank: bool = False,
+             online: bool = False) -> str:
     """Which kernel runs M tokens of an N x K layer of ``bits``-bit codes (module docstring;
     thresholds from the H100 runs, the H200's runs 7-8 for M <= DOT_ANY_LAYER_MAX_M, run 9 for
-    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M)."""
-    if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK) and not _wa_first(bits, M, N, K)):
+    the widths and DOT_MAX_M, run 12 for mid-size layers, WA_MID_MAX_M); ``lowrank``: with a low-rank
+    term; ``online``: for TTQ's per-call step, whose dequantize path is its own dense pass (run 16)."""
+    wa = _wa_first(bits, M, N, K, lowrank, online)
+    if M == 1 or (0 < M <= GEMV_MAX_M and (M <= 2 or N * K >= GEMV_ROWS_MIN_NK) and not wa):
         return "gemv"
-    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK
-                                             or _wa_first(bits, M, N, K)):
+    if 0 < M <= DOT_MAX_M.get(bits, 0) and (M <= DOT_ANY_LAYER_MAX_M or N * K >= DOT_MIN_NK or wa):
         return "dot"
     return "dequant"
 
@@ -622,7 +640,7 @@ def quant_matmul(x: torch.Tensor, packed: PackedWeight, col_scale=None, lowrank=
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
     cs = None if col_scale is None else col_scale.to(torch.float32).contiguous()
-    path = path or path_for(M, N, K, packed.bits)
+    path = path or path_for(M, N, K, packed.bits, lowrank is not None)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if path == "dequant":
@@ -758,7 +776,7 @@ def online_matmul(x, w, col_scale, lowrank, bias, bits, group, symmetric=False, 
     N, K = w.shape
     if x.shape[-1] != K:
         raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
-    if path_for(x.numel() // max(K, 1), N, K, bits) == "dequant":
+    if path_for(x.numel() // max(K, 1), N, K, bits, lowrank is not None, online=True) == "dequant":
         w_eff = qdq_weight(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank, dtype=x.dtype)
         return F.linear(x, w_eff, None if bias is None else bias.to(x.dtype))
     packed = quantize_pack(w, col_scale, bits, group, symmetric, nu, scale_dtype, lowrank)
