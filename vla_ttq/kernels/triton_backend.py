@@ -18,7 +18,10 @@ Rule (by the number of tokens M = x.numel() / K):
   (``quant_matmul_wa_kernel``: 6-tuple tiles; fp32 activations run the first kernel): its codes
   made in registers, two per instruction in tiles of up to 32 tokens (``pair_order``), S and Z
   applied per group (in tiles of 64 tokens to every code instead, ``wa_scaled``), K splits added by
-  atomics and the last program of a column block writing y.
+  atomics and the last program of a column block writing y; on large layers at WA_PRESCALE_M tokens
+  x / cs made once before it (``prescale_kernel``). The reaches to 64 tokens under DOT_MIN_NK weights
+  hold for packed weights: TTQ's per-call step and wide layers' low-rank terms keep dequantize + cuBLAS
+  from 33 tokens there (run 16, ``path_for``'s lowrank and online).
   Other widths never take the path: at 3 bits it was 3-5x slower than dequantize + cuBLAS
   (H200, run 9: gemma gate/up M = 8 152.9 vs 50.9 µs) and its M = 48-64 tile did not fit in shared
   memory;
@@ -94,7 +97,7 @@ WA_NARROW_N, WA_NARROW_MAX_M = 512, 64
 # the dequantized weight; packing it for the GEMM cost more), and so does a low-rank term on layers of more than
 # WA_LOWRANK_MAX_N outputs. H100, run 16, the kernel benchmark with run 15's reach and without it, at 33-64 tokens
 # (docs/kernels/h100_run16_bench_reach_64.json, _reach_32.json): TTQ W2 r16 on Gemma-2B q/o 31.0-32.1 µs against
-# 22.4-22.6, on Gemma-300M gate/up 30.2-31.5 against 20.0-20.2, TTQ W4 r16 on k/v 17.1-17.8 against 15.0-15.3; W2 r16
+# 22.3-22.6, on Gemma-300M gate/up 30.2-31.5 against 20.0-20.2, TTQ W4 r16 on k/v 17.1-17.8 against 15.0-15.3; W2 r16
 # on q/o 14.5-16.2 against 13.3-13.4, on Gemma-300M gate/up 14.6-16.2 against 11.8-12.1. A packed weight keeps the
 # reach: W2 r0 on q/o 8.4-9.7 against 10.4-10.5; so do the low-rank terms of the narrower layers: W4 r16 on k/v
 # 6.3-6.9 against 7.9, W2 r16 on Gemma-300M down (1024 outputs) at 33-48 tokens 14.1-14.3 against
