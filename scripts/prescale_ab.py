@@ -7,8 +7,8 @@ The kernel's programs of one K range each divided their x tile by cs again, once
 layer, width and token count this times, interleaved, both ways: ``quant_matmul`` as dispatched (where its
 path runs the weight-as-left-operand kernel) and the kernel's heuristic tile launched directly (also where
 it is not first), beside dequantize + cuBLAS and bf16 cuBLAS; each checked against float64 first. (With a
-low-rank term the kernel needs x itself, so x / cs stays in it: r = 0 only.) Timing as in ``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating past L2).
-Writes prescale_ab.json.
+low-rank term the kernel needs x itself, so x / cs stays in it: r = 0 only.) Timing as in
+``vla_ttq.kernels.bench`` (CUDA-graph replays, weights rotating past L2). Writes prescale_ab.json.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, script_args, script_layers
+from vla_ttq.kernels import triton_backend
+from vla_ttq.kernels.bench import checked_time, graph_time_us, script_args, script_token_cases
 
 LAYERS = {"2b gate/up": (16384, 2048), "2b down": (2048, 16384), "2b q/o": (2048, 2048), "2b k/v": (256, 2048),
           "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "300m q": (2048, 1024)}
@@ -50,30 +50,25 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, BITS, l2_bytes()):
-        for M in MS:
-            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            wref = reference.effective_weight(packed, cs).double()
-            ref = x.double() @ wref.t()
-            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            G = K // 64
-            cfg = (triton_backend._wa_small_heuristic(M, N, G) if N * K < triton_backend.WA_MIN_NK else
-                   triton_backend._wa_heuristic(M, N, G, sms, N * K < triton_backend.DOT_MIN_NK))
-            row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=triton_backend.path_for(M, N, K, bits),
-                       wa_first=triton_backend._candidates(bits, 64, K, N, M, sms)[0] == cfg, tile=cfg)
-            row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-            row["dequant_us"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"),
-                                             copies, ref)["us"]
-            row["picked"] = both_ways(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
-            row["tile"] = both_ways(lambda p: triton_backend._launch(cfg, x, cs, p, None, None, out), copies, ref)
-            res["rows"].append(row)
-            print(f"{name:12s} W{bits} M={M:2d} bf16 {row['bf16_us']:5.1f} dequant {row['dequant_us']:5.1f}  "
-                  f"picked({row['path']}) {row['picked']['off']:5.1f} -> {row['picked']['on']:5.1f}  "
-                  f"tile{'*' if row['wa_first'] else ' '} {cfg} {row['tile']['off']:5.1f} -> {row['tile']['on']:5.1f}"
-                  f"  [{time.time() - t0:.0f}s]",
-                  flush=True)
+    for case in script_token_cases(LAYERS, BITS, MS):
+        name, N, K, bits, M, x, cs, ref, out, copies = (case[k] for k in ("layer", "N", "K", "bits", "M", "x", "cs",
+                                                                          "ref", "out", "copies"))
+        G = K // 64
+        cfg = (triton_backend._wa_small_heuristic(M, N, G) if N * K < triton_backend.WA_MIN_NK else
+               triton_backend._wa_heuristic(M, N, G, sms, N * K < triton_backend.DOT_MIN_NK))
+        row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=triton_backend.path_for(M, N, K, bits),
+                   wa_first=triton_backend._candidates(bits, 64, K, N, M, sms)[0] == cfg, tile=cfg)
+        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in case["w_copies"]])
+        row["dequant_us"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"),
+                                         copies, ref)["us"]
+        row["picked"] = both_ways(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
+        row["tile"] = both_ways(lambda p: triton_backend._launch(cfg, x, cs, p, None, None, out), copies, ref)
+        res["rows"].append(row)
+        print(f"{name:12s} W{bits} M={M:2d} bf16 {row['bf16_us']:5.1f} dequant {row['dequant_us']:5.1f}  "
+              f"picked({row['path']}) {row['picked']['off']:5.1f} -> {row['picked']['on']:5.1f}  "
+              f"tile{'*' if row['wa_first'] else ' '} {cfg} {row['tile']['off']:5.1f} -> {row['tile']['on']:5.1f}"
+              f"  [{time.time() - t0:.0f}s]", flush=True)
         (args.out / "prescale_ab.json").write_text(json.dumps(res, indent=1))
-
 
 if __name__ == "__main__":
     main()

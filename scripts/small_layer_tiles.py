@@ -21,8 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vla_ttq.kernels import reference, triton_backend
-from vla_ttq.kernels.bench import checked_time, graph_time_us, l2_bytes, script_args, script_layers
+from vla_ttq.kernels import triton_backend
+from vla_ttq.kernels.bench import checked_time, graph_time_us, script_args, script_token_cases
 
 LAYERS = {"2b k/v": (256, 2048), "300m q": (2048, 1024), "300m k/v": (256, 1024), "300m o": (1024, 2048),
           "2b q/o": (2048, 2048), "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "qwen3-4b q": (4096, 2560)}
@@ -37,33 +37,30 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for name, N, K, bits, g, w, cs, wcopies, packed, copies in script_layers(LAYERS, BITS, l2_bytes()):
-        for M in MS:
-            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            ref = x.double() @ reference.effective_weight(packed, cs).double().t()
-            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            path = triton_backend.path_for(M, N, K, bits)
-            row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=path, variants=[])
-            row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in wcopies])
-            row["picked"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
-            G = K // 64  # the weight-as-left-operand kernel's heuristics, also where it is not (yet) first
-            extra = [triton_backend._wa_small_heuristic(M, N, G), triton_backend._wa_heuristic(M, N, G, sms, True),
-                     triton_backend._wa_heuristic(M, N, G, sms)]
-            for cfg in dict.fromkeys(triton_backend._candidates(bits, 64, K, N, M, sms) + extra):
-                row["variants"].append(dict(kind="dot", cfg=cfg, **checked_time(
-                    lambda p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out), copies, ref)))
-            if M <= triton_backend.GEMV_MAX_M:
-                cfg = triton_backend._gemv1_candidates(bits, 64, K, N, sms, triton_backend._next_pow2(M))[0]
-                row["variants"].append(dict(kind="gemv", cfg=cfg, **checked_time(
-                    lambda p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None, out), copies, ref)))
-            row["variants"].append(dict(kind="dequant", cfg=None, **checked_time(
-                lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"), copies, ref)))
-            best = min(row["variants"], key=lambda v: v["us"])
-            res["rows"].append(row)
-            print(f"{name:9s} M={M} W{bits} bf16 {row['bf16_us']:5.2f} picked ({path}) {row['picked']['us']:5.2f}  "
-                  f"best {best['kind']} {best['cfg']} {best['us']:5.2f}  [{time.time() - t0:.0f}s]", flush=True)
+    for case in script_token_cases(LAYERS, BITS, MS):
+        name, N, K, bits, M, x, cs, ref, out, copies = (case[k] for k in ("layer", "N", "K", "bits", "M", "x", "cs",
+                                                                          "ref", "out", "copies"))
+        path = triton_backend.path_for(M, N, K, bits)
+        row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=path, variants=[])
+        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in case["w_copies"]])
+        row["picked"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
+        G = K // 64  # the weight-as-left-operand kernel's heuristics, also where it is not (yet) first
+        extra = [triton_backend._wa_small_heuristic(M, N, G), triton_backend._wa_heuristic(M, N, G, sms, True),
+                 triton_backend._wa_heuristic(M, N, G, sms)]
+        for cfg in dict.fromkeys(triton_backend._candidates(bits, 64, K, N, M, sms) + extra):
+            row["variants"].append(dict(kind="dot", cfg=cfg, **checked_time(
+                lambda p, c=cfg: triton_backend._launch(c, x, cs, p, None, None, out), copies, ref)))
+        if M <= triton_backend.GEMV_MAX_M:
+            cfg = triton_backend._gemv1_candidates(bits, 64, K, N, sms, triton_backend._next_pow2(M))[0]
+            row["variants"].append(dict(kind="gemv", cfg=cfg, **checked_time(
+                lambda p, c=cfg: triton_backend._launch_gemv1(c, x, cs, p, None, None, out), copies, ref)))
+        row["variants"].append(dict(kind="dequant", cfg=None, **checked_time(
+            lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"), copies, ref)))
+        best = min(row["variants"], key=lambda v: v["us"])
+        res["rows"].append(row)
+        print(f"{name:9s} M={M} W{bits} bf16 {row['bf16_us']:5.2f} picked ({path}) {row['picked']['us']:5.2f}  "
+              f"best {best['kind']} {best['cfg']} {best['us']:5.2f}  [{time.time() - t0:.0f}s]", flush=True)
         (args.out / "small_layer_tiles.json").write_text(json.dumps(res, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -133,6 +133,18 @@ def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: in
             yield name, N, K, bits, g, w, cs, w_copies, packed, rotating_copies(packed, N * K * bits // 8, l2)
 
 
+def script_token_cases(layers: dict, bits_list, ms):
+    """``script_layers`` for each token count in ``ms`` too: the case the token-count sweeps in scripts/ time.
+    Yields a dict: layer, N, K, bits, M, cs, w_copies, packed, copies, x (bf16, from the layer's generator),
+    ref (x times the packed weight in float64) and out (an empty bf16 output)."""
+    for name, N, K, bits, g, _w, cs, w_copies, packed, copies in script_layers(layers, bits_list, l2_bytes()):
+        for M in ms:
+            x = torch.randn(M, K, device=DEV, generator=g).to(torch.bfloat16)
+            yield dict(layer=name, N=N, K=K, bits=bits, M=M, cs=cs, w_copies=w_copies, packed=packed, copies=copies,
+                       x=x, ref=x.double() @ reference.effective_weight(packed, cs).double().t(),
+                       out=torch.empty(M, N, device=DEV, dtype=torch.bfloat16))
+
+
 def checked_time(run, copies: list, ref: torch.Tensor, tol: float = 1e-2, timer=None) -> dict:
     """What the GPU scripts record for one variant: ``run(copies[0])`` (it returns the output)
     checked against the float64 ``ref`` first, then timed over all copies (``graph_time_us``, or
