@@ -117,8 +117,8 @@ WA_SCALED_MIN_BM = 64
 # weight-as-left-operand GEMM (``prescale_kernel``), instead of in every program, where each column block divided its
 # x tile again. H200, run 16 (scripts/prescale_ab.py), Gemma-2B at 24-48 tokens: 0.1-2.5 µs faster (down W4 M = 33
 # 29.5 -> 27.0, gate/up W2 M = 33 30.2 -> 28.6); up to 16 tokens within ±0.3, at 64 gate/up 0.5-0.9 slower. On layers
-# under 12M weights the extra launch cost ~1 µs more than it saved, at every M. With a low-rank term the kernel still
-# needs x itself (t = x Aᵀ), so there x / cs stays in it.
+# under 12M weights the extra launch cost ~1 µs more than it saved on every tile they run, at every M. With a low-rank
+# term the kernel still needs x itself (t = x Aᵀ), so there x / cs stays in it.
 WA_PRESCALE_M, WA_PRESCALE_MIN_NK = (17, 48), DOT_MIN_NK
 # Dequantize + cuBLAS with a low-rank term: below this many weights B A is folded into the
 # dequantized tile (H200, run 7: q/o at M = 800 r16 20.5 µs against 26.6 with a separate addmm);
