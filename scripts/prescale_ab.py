@@ -50,15 +50,11 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for case in script_token_cases(LAYERS, BITS, MS):
-        name, N, K, bits, M, x, cs, ref, out, copies = (case[k] for k in ("layer", "N", "K", "bits", "M", "x", "cs",
-                                                                          "ref", "out", "copies"))
-        G = K // 64
-        cfg = (triton_backend._wa_small_heuristic(M, N, G) if N * K < triton_backend.WA_MIN_NK else
-               triton_backend._wa_heuristic(M, N, G, sms, N * K < triton_backend.DOT_MIN_NK))
+    for name, N, K, bits, M, x, cs, ref, out, copies, w_copies in script_token_cases(LAYERS, BITS, MS):
+        cfg = triton_backend.wa_layer_heuristic(M, N, K, sms)
         row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=triton_backend.path_for(M, N, K, bits),
                    wa_first=triton_backend._candidates(bits, 64, K, N, M, sms)[0] == cfg, tile=cfg)
-        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in case["w_copies"]])
+        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in w_copies])
         row["dequant_us"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"),
                                          copies, ref)["us"]
         row["picked"] = both_ways(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)

@@ -37,12 +37,10 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for case in script_token_cases(LAYERS, BITS, MS):
-        name, N, K, bits, M, x, cs, ref, out, copies = (case[k] for k in ("layer", "N", "K", "bits", "M", "x", "cs",
-                                                                          "ref", "out", "copies"))
+    for name, N, K, bits, M, x, cs, ref, out, copies, w_copies in script_token_cases(LAYERS, BITS, MS):
         path = triton_backend.path_for(M, N, K, bits)
         row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=path, variants=[])
-        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in case["w_copies"]])
+        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in w_copies])
         row["picked"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
         G = K // 64  # the weight-as-left-operand kernel's heuristics, also where it is not (yet) first
         extra = [triton_backend._wa_small_heuristic(M, N, G), triton_backend._wa_heuristic(M, N, G, sms, True),

@@ -134,15 +134,15 @@ def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: in
 
 
 def script_token_cases(layers: dict, bits_list, ms):
-    """``script_layers`` for each token count in ``ms`` too: the case the token-count sweeps in scripts/ time.
-    Yields a dict: layer, N, K, bits, M, cs, w_copies, packed, copies, x (bf16, from the layer's generator),
-    ref (x times the packed weight in float64) and out (an empty bf16 output)."""
+    """``script_layers`` for each token count in ``ms`` too: the cases the token-count sweeps in scripts/ time.
+    Yields (name, N, K, bits, M, x, cs, ref, out, packed_copies, w_copies): x bf16 from the layer's generator,
+    ref x times the packed weight in float64, out an empty bf16 output."""
     for name, N, K, bits, g, _w, cs, w_copies, packed, copies in script_layers(layers, bits_list, l2_bytes()):
         for M in ms:
             x = torch.randn(M, K, device=DEV, generator=g).to(torch.bfloat16)
-            yield dict(layer=name, N=N, K=K, bits=bits, M=M, cs=cs, w_copies=w_copies, packed=packed, copies=copies,
-                       x=x, ref=x.double() @ reference.effective_weight(packed, cs).double().t(),
-                       out=torch.empty(M, N, device=DEV, dtype=torch.bfloat16))
+            ref = x.double() @ reference.effective_weight(packed, cs).double().t()
+            out = torch.empty(M, N, device=DEV, dtype=torch.bfloat16)
+            yield name, N, K, bits, M, x, cs, ref, out, copies, w_copies
 
 
 def checked_time(run, copies: list, ref: torch.Tensor, tol: float = 1e-2, timer=None) -> dict:

@@ -243,8 +243,7 @@ def _candidates(bits: int, group: int, K: int, N: int, M: int, sms: int) -> list
     # the weight-as-left-operand kernel: 6-tuples (+ pipeline stages), one group a loop step
     wa = [(bm, bn, 1, _split(G, 1, N, bn, M, bm, waves, sms), 4, 3) for bn, waves in WA_TILES if bn <= max(64, N)]
     if _wa_first(bits, M, N, K):
-        first = _wa_small_heuristic(M, N, G) if N * K < WA_MIN_NK else _wa_heuristic(M, N, G, sms, N * K < DOT_MIN_NK)
-        return list(dict.fromkeys([first] + out + wa))
+        return list(dict.fromkeys([wa_layer_heuristic(M, N, K, sms, group)] + out + wa))
     return out + wa
 
 
@@ -263,6 +262,13 @@ def _wa_first(bits: int, M: int, N: int, K: int, lowrank: bool = False, online: 
     if N * K < DOT_MIN_NK:
         last = min(last, WA_MID_MAX_M[bits] if extended else WA_SMALL_M[1])
     return first <= M <= last
+
+
+def wa_layer_heuristic(M: int, N: int, K: int, sms: int, group: int = 64) -> tuple:
+    """The weight-as-left-operand kernel's heuristic tile for M tokens of this layer, by its size: small (under
+    WA_MIN_NK weights), mid-size (under DOT_MIN_NK) or large."""
+    G = K // group
+    return _wa_small_heuristic(M, N, G) if N * K < WA_MIN_NK else _wa_heuristic(M, N, G, sms, N * K < DOT_MIN_NK)
 
 
 def _wa_small_heuristic(M: int, N: int, G: int) -> tuple:
