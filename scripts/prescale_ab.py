@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import checked_time, graph_time_us, script_args, script_token_cases
+from vla_ttq.kernels.bench import backend_set, checked_time, graph_time_us, script_args, script_token_cases
 
 LAYERS = {"2b gate/up": (16384, 2048), "2b down": (2048, 16384), "2b q/o": (2048, 2048), "2b k/v": (256, 2048),
           "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "300m q": (2048, 1024)}
@@ -34,13 +34,9 @@ OFF, ON = (1 << 30, 1 << 30), (1, 1 << 30)  # WA_PRESCALE_M: no token count, or 
 def both_ways(run, copies, ref) -> dict:
     """``run`` timed with x / cs in the GEMM's programs (off) and made before it (on), each checked first."""
     res = {}
-    rule = triton_backend.WA_PRESCALE_M, triton_backend.WA_PRESCALE_MIN_NK
     for name, m_range in (("off", OFF), ("on", ON), ("off2", OFF), ("on2", ON)):  # twice each, interleaved
-        triton_backend.WA_PRESCALE_M, triton_backend.WA_PRESCALE_MIN_NK = m_range, 0  # on layers of any size
-        try:
+        with backend_set(WA_PRESCALE_M=m_range, WA_PRESCALE_MIN_NK=0):  # on layers of any size
             res[name] = checked_time(run, copies, ref)
-        finally:
-            triton_backend.WA_PRESCALE_M, triton_backend.WA_PRESCALE_MIN_NK = rule
     return {**{k: min(res[k]["us"], res[k + "2"]["us"]) for k in ("off", "on")},
             **{"err_" + k: res[k].get("err", res[k].get("error")) for k in ("off", "on")}}
 

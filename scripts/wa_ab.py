@@ -8,9 +8,9 @@ the last program writing y (``WA_ATOMIC_TAIL``), against partial sums and ``redu
 (run 15): every code made S·c + Z and rounded to x's dtype before one chained dot (``WA_SCALED_MIN_BM``),
 against S and Z applied to each group's dot.
 For Gemma-2B's gate/up, down and q/o at W4 and W2 (g64), 5-64 tokens: bf16 cuBLAS, what
-``quant_matmul`` runs now, and for each tile of ``quant_matmul_wa_kernel`` the launch with the
-feature ("on") and without it ("off"), timed one after the other. Every launch is checked against
-float64 first. Writes wa_ab_<feature>.json.
+``quant_matmul`` runs now (the backend's own settings), and for each tile of ``quant_matmul_wa_kernel``
+the launch with the feature ("on") and without it ("off"), timed one after the other. Every launch is
+checked against float64 first. Writes wa_ab_<feature>.json.
 """
 
 from __future__ import annotations
@@ -23,35 +23,33 @@ import torch
 from wa_gemm import cases, wa_cfgs
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import checked_time, graph_time_us, script_args
+from vla_ttq.kernels.bench import backend_set, checked_time, graph_time_us, script_args
 
 FEATURE = os.environ.get("WA_AB", "pairs")
 PAIR_ORDER = triton_backend.pair_order
 
 
-def switch(on: bool) -> None:
+def feature(on: bool) -> dict:
+    """The triton_backend attributes that switch FEATURE on or off (``backend_set``)."""
     if FEATURE == "pairs":
-        triton_backend.pair_order = PAIR_ORDER if on else (lambda bits, group: None)
-    elif FEATURE == "atomic":
-        triton_backend.WA_ATOMIC_TAIL = on
-    elif FEATURE == "scaled":
-        triton_backend.WA_SCALED_MIN_BM = 1 if on else 1 << 30
-    else:
-        raise SystemExit(f"WA_AB must be pairs, atomic or scaled, not {FEATURE!r}")
+        return dict(pair_order=PAIR_ORDER if on else (lambda bits, group: None))
+    if FEATURE == "atomic":
+        return dict(WA_ATOMIC_TAIL=on)
+    if FEATURE == "scaled":
+        return dict(WA_SCALED_MIN_BM=1 if on else 1 << 30)
+    raise SystemExit(f"WA_AB must be pairs, atomic or scaled, not {FEATURE!r}")
 
 
 def timed(cfg, x, cs, copies, out, ref, on: bool) -> dict:
-    switch(on)
-    try:
+    with backend_set(**feature(on)):
         return checked_time(lambda p: triton_backend._launch(cfg, x, cs, p, None, None, out), copies, ref)
-    finally:
-        switch(True)
 
 
 def main() -> None:
     args = script_args(__doc__)
     sms = triton_backend._num_sms(torch.device("cuda"))
-    switch(True)  # an unknown feature stops here
+    feature(True)  # an unknown feature stops here; "now" below runs the backend's own rule, which run 15's script
+    # did not (it left the feature on for every tile size, and hid a slowdown of the 16-row tiles, run 16)
     res = dict(device=torch.cuda.get_device_name(), feature=FEATURE, rows=[])
     t_start = time.time()
     for row, x, ref, out, cs, packed, copies in cases():

@@ -440,6 +440,23 @@ def test_weight_as_left_operand_gemm_gives_the_same_output_with_x_prescaled(monk
         assert torch.equal(outs[True], outs[False])
 
 
+def test_backend_set_sets_rule_constants_for_a_block_and_restores_them_however_it_ends():
+    """The A/B scripts' switch (kernels.bench.backend_set): run 15's script left its feature on for the column it
+    called "now", which hid a slowdown (run 16)."""
+    from vla_ttq.kernels.bench import backend_set
+
+    rule = triton_backend.WA_PRESCALE_M
+    with backend_set(WA_PRESCALE_M=(1, 2), WA_PRESCALE_MIN_NK=0):
+        assert triton_backend.WA_PRESCALE_M == (1, 2) and triton_backend._prescaled(2, 8, 8)
+    assert triton_backend.WA_PRESCALE_M == rule and not triton_backend._prescaled(2, 8, 8)
+    with pytest.raises(RuntimeError), backend_set(WA_ATOMIC_TAIL=False):
+        raise RuntimeError("a failed launch")
+    assert triton_backend.WA_ATOMIC_TAIL is True
+    with pytest.raises(AttributeError, match="WA_NO_SUCH"), backend_set(WA_NO_SUCH=1, WA_ATOMIC_TAIL=False):
+        pass
+    assert triton_backend.WA_ATOMIC_TAIL is True and not hasattr(triton_backend, "WA_NO_SUCH")
+
+
 def test_x_is_prescaled_for_the_weight_as_left_operand_gemm_only_on_large_layers_at_17_to_48_tokens():
     """H200 run 16: 0.1-2.5 µs faster on Gemma-2B's gate/up and down at 24-48 tokens, within noise up to 16,
     slower on gate/up at 64 and on every smaller layer (the extra launch)."""

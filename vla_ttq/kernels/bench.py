@@ -12,6 +12,7 @@ first checked against a float64 reference on the same data. Writes ``kernels_ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -131,6 +132,24 @@ def script_layers(layers: dict, bits_list, l2: int, device: str = DEV, group: in
         for bits in bits_list:
             packed = triton_backend.quantize_pack(w, cs, bits, group)
             yield name, N, K, bits, g, w, cs, w_copies, packed, rotating_copies(packed, N * K * bits // 8, l2)
+
+
+@contextlib.contextmanager
+def backend_set(**values):
+    """triton_backend's module attributes (rule constants, switches) set to ``values`` inside the block and
+    restored to what they were after it, however it ends: the A/B scripts' way to time a rule or a feature on
+    and off without leaving either behind."""
+    missing = [k for k in values if not hasattr(triton_backend, k)]
+    if missing:
+        raise AttributeError(f"triton_backend has no {', '.join(missing)}")
+    before = {k: getattr(triton_backend, k) for k in values}
+    try:
+        for k, v in values.items():
+            setattr(triton_backend, k, v)
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(triton_backend, k, v)
 
 
 def script_token_cases(layers: dict, bits_list, ms):
