@@ -885,6 +885,46 @@ def test_read_ceiling_kernel_reads_every_word_and_scale_of_its_range(load_script
     assert len(list(mod.tiles(16384, 32, 8, quick=False))) > len(list(mod.tiles(16384, 32, 8, quick=True))) > 0
 
 
+def test_sass_diff_compiles_the_launches_production_makes(tmp_path, load_script):
+    """scripts/sass_diff.py checks a kernel edit offline: it records the launches the backend makes for a layer
+    (on the paths path_for picks), compiles them for sm_90 as the JIT would and reports their registers and SASS.
+    It runs in its own process: compiled kernels, not the interpreter this test process may have set up."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SCRIPTS
+
+    N, K = 8192, 2048  # >= 12 M weights: at 24 tokens x / cs is made by its own kernel before the GEMM
+    assert triton_backend.path_for(1, N, K, 4) == "gemv" and triton_backend.path_for(24, N, K, 4) == "dot"
+    assert triton_backend._prescaled(24, N, K)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"figures{i}.json"
+        subprocess.run([sys.executable, str(SCRIPTS / "sass_diff.py"), f"--layer=big={N},{K}", "--tokens", "1,24",
+                        "--bits", "4", "--json", str(out), "--quiet"], env=env, check=True, timeout=600)
+        runs.append(json.loads(out.read_text()))
+    assert {k for k in runs[0] if not k.startswith("TTQ step")} == {
+        "quantize big W4: quantize_kernel", "big W4 M=1: gemv1_kernel", "big W4 M=24: prescale_kernel",
+        "big W4 M=24: quant_matmul_wa_kernel"}
+    assert "TTQ step big W4 M=1: column_scale_kernel" in runs[0]  # TTQ's per-call step: D, then the GEMV as above
+    assert runs[0] == runs[1]  # the same code compiles to the same SASS: a difference means the code changed
+    assert all(f["regs"] > 0 and f["instructions"] > 10 for f in runs[0].values())
+    assert runs[0]["big W4 M=1: gemv1_kernel"]["sha"] != runs[0]["big W4 M=24: quant_matmul_wa_kernel"]["sha"]
+
+    mod = load_script("sass_diff")
+    base = {k: v for k, v in runs[0].items() if "prescale" not in k}
+    base["big W4 M=1: gemv1_kernel"] = dict(base["big W4 M=1: gemv1_kernel"], sha="0", regs=200)
+    text = mod.table(runs[0], base, "HEAD~1")
+    assert "| big W4 M=1: gemv1_kernel | 200 → " in text and "| **no** |" in text
+    assert "| big W4 M=24: prescale_kernel |" in text and "not there" in text
+    assert text.count("| yes |") == len(runs[0]) - 2  # all but the changed GEMV and the absent prescale
+    with pytest.raises(SystemExit):
+        mod.main(["--layer", "big=8192"])  # NAME=N,K needs two integers
+
+
 def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path, load_script):
     """scripts/cuda_gemv_ab.py (run 14) builds scripts/cuda_gemv1.cu once per tile with NVRTC on the GPU.
     Its tile rules must match the kernel's assumptions, and where nvcc is installed the source must
