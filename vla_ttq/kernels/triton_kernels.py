@@ -254,6 +254,13 @@ def _pair_x(xr, WBITS: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr):
 
 
 @triton.jit
+def _column_scale(cs_ptr, k, K):
+    """cs of channels k (1 past K), the divisor ``_group_x`` and ``prescale_kernel`` both take, each with
+    tl.fdiv: x / cs made in either place must be the same bits (the prescaled GEMM's test checks it)."""
+    return tl.load(cs_ptr + k, mask=k < K, other=1.0)
+
+
+@triton.jit
 def _group_x(x_ptr, cs_ptr, offs_m, mask_m, g, K, GROUP: tl.constexpr, HAS_CS: tl.constexpr,
              DOT_DTYPE: tl.constexpr):
     """(GROUP, BM) x' = x/cs of group g's channels, rounded to the dot's dtype, and (BM,) Σx' of
@@ -261,7 +268,7 @@ def _group_x(x_ptr, cs_ptr, offs_m, mask_m, g, K, GROUP: tl.constexpr, HAS_CS: t
     k = g * GROUP + tl.arange(0, GROUP)
     xv = tl.load(x_ptr + offs_m[None, :] * K + k[:, None], mask=mask_m[None, :], other=0.0).to(tl.float32)
     if HAS_CS:
-        xv = tl.fdiv(xv, tl.load(cs_ptr + k, mask=k < K, other=1.0)[:, None])
+        xv = tl.fdiv(xv, _column_scale(cs_ptr, k, K)[:, None])
     xr = xv.to(DOT_DTYPE)
     return xr, tl.sum(xr.to(tl.float32), axis=0)
 
@@ -351,8 +358,7 @@ def prescale_kernel(x_ptr, cs_ptr, out_ptr, K, BK: tl.constexpr):
     k = tl.program_id(1) * BK + tl.arange(0, BK)
     mask = k < K
     row = tl.program_id(0).to(tl.int64) * K
-    xv = tl.load(x_ptr + row + k, mask=mask, other=0.0).to(tl.float32)
-    xv = tl.fdiv(xv, tl.load(cs_ptr + k, mask=mask, other=1.0))
+    xv = tl.fdiv(tl.load(x_ptr + row + k, mask=mask, other=0.0).to(tl.float32), _column_scale(cs_ptr, k, K))
     tl.store(out_ptr + row + k, xv.to(out_ptr.dtype.element_ty), mask=mask)
 
 
