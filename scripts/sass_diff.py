@@ -191,6 +191,9 @@ def main(argv=None) -> int:
         tokens, bits = (tuple(int(v) for v in a.split(",")) for a in (args.tokens, args.bits))
     except ValueError as exc:
         ap.error(str(exc))
+    if args.base and subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", "-q", f"{args.base}^{{commit}}"],
+                                    capture_output=True).returncode != 0:
+        ap.error(f"--base {args.base!r} is not a commit of {ROOT}")
     selection = ["--tokens", args.tokens, "--bits", args.bits] + [f"--layer={v}" for v in args.layer or []]
     now = measure(args.tree, layers, tokens, bits)
     if args.json:

@@ -921,8 +921,9 @@ def test_sass_diff_compiles_the_launches_production_makes(tmp_path, load_script)
     assert "| big W4 M=1: gemv1_kernel | 200 → " in text and "| **no** |" in text
     assert "| big W4 M=24: prescale_kernel |" in text and "not there" in text
     assert text.count("| yes |") == len(runs[0]) - 2  # all but the changed GEMV and the absent prescale
-    with pytest.raises(SystemExit):
-        mod.main(["--layer", "big=8192"])  # NAME=N,K needs two integers
+    for bad in (["--layer", "big=8192"], ["--base", "no-such-revision"]):  # NAME=N,K needs two integers
+        with pytest.raises(SystemExit):
+            mod.main(bad)
 
 
 def test_cuda_gemv_experiment_sizes_its_tiles_and_builds_for_sm90(tmp_path, load_script):
