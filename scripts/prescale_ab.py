@@ -18,10 +18,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import backend_set, checked_time, graph_time_us, script_args, script_token_cases
+from vla_ttq.kernels.bench import backend_set, checked_time, script_args, script_token_cases
 
 LAYERS = {"2b gate/up": (16384, 2048), "2b down": (2048, 16384), "2b q/o": (2048, 2048), "2b k/v": (256, 2048),
           "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "300m q": (2048, 1024)}
@@ -46,11 +45,10 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for name, N, K, bits, M, x, cs, ref, out, copies, w_copies in script_token_cases(LAYERS, BITS, MS):
+    for row, x, cs, ref, out, copies in script_token_cases(LAYERS, BITS, MS):
+        name, N, K, M, bits = (row[k] for k in ("layer", "N", "K", "M", "bits"))
         cfg = triton_backend.wa_layer_heuristic(M, N, K, sms)
-        row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=triton_backend.path_for(M, N, K, bits),
-                   wa_first=triton_backend._candidates(bits, 64, K, N, M, sms)[0] == cfg, tile=cfg)
-        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in w_copies])
+        row["wa_first"] = triton_backend._candidates(bits, 64, K, N, M, sms)[0] == cfg
         row["dequant_us"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs, path="dequant"),
                                          copies, ref)["us"]
         row["picked"] = both_ways(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)

@@ -19,10 +19,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from vla_ttq.kernels import triton_backend
-from vla_ttq.kernels.bench import checked_time, graph_time_us, script_args, script_token_cases
+from vla_ttq.kernels.bench import checked_time, script_args, script_token_cases
 
 LAYERS = {"2b k/v": (256, 2048), "300m q": (2048, 1024), "300m k/v": (256, 1024), "300m o": (1024, 2048),
           "2b q/o": (2048, 2048), "300m gate/up": (4096, 1024), "300m down": (1024, 4096), "qwen3-4b q": (4096, 2560)}
@@ -37,10 +36,9 @@ def main() -> None:
     sms = triton_backend._num_sms(torch.device("cuda"))
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     t0 = time.time()
-    for name, N, K, bits, M, x, cs, ref, out, copies, w_copies in script_token_cases(LAYERS, BITS, MS):
-        path = triton_backend.path_for(M, N, K, bits)
-        row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=path, variants=[])
-        row["bf16_us"] = graph_time_us([lambda c=c: F.linear(x, c) for c in w_copies])
+    for row, x, cs, ref, out, copies in script_token_cases(LAYERS, BITS, MS):
+        name, N, K, M, bits, path = (row[k] for k in ("layer", "N", "K", "M", "bits", "path"))
+        row["variants"] = []
         row["picked"] = checked_time(lambda p: triton_backend.quant_matmul(x, p, cs), copies, ref)
         G = K // 64  # the weight-as-left-operand kernel's heuristics, also where it is not (yet) first
         extra = [triton_backend._wa_small_heuristic(M, N, G), triton_backend._wa_heuristic(M, N, G, sms, True),

@@ -154,14 +154,17 @@ def backend_set(**values):
 
 def script_token_cases(layers: dict, bits_list, ms):
     """``script_layers`` for each token count in ``ms`` too: the cases the token-count sweeps in scripts/ time.
-    Yields (name, N, K, bits, M, x, cs, ref, out, packed_copies, w_copies): x bf16 from the layer's generator,
-    ref x times the packed weight in float64, out an empty bf16 output."""
+    Yields (row, x, cs, ref, out, packed_copies): row begun with the case (layer, N, K, M, bits), the path
+    ``path_for`` picks and bf16 cuBLAS's time on the shape (bf16_us); x bf16 from the layer's generator, ref x
+    times the packed weight in float64, out an empty bf16 output."""
     for name, N, K, bits, g, _w, cs, w_copies, packed, copies in script_layers(layers, bits_list, l2_bytes()):
         for M in ms:
             x = torch.randn(M, K, device=DEV, generator=g).to(torch.bfloat16)
             ref = x.double() @ reference.effective_weight(packed, cs).double().t()
             out = torch.empty(M, N, device=DEV, dtype=torch.bfloat16)
-            yield name, N, K, bits, M, x, cs, ref, out, copies, w_copies
+            row = dict(layer=name, N=N, K=K, M=M, bits=bits, path=triton_backend.path_for(M, N, K, bits),
+                       bf16_us=graph_time_us([lambda c=c: F.linear(x, c) for c in w_copies]))
+            yield row, x, cs, ref, out, copies
 
 
 def checked_time(run, copies: list, ref: torch.Tensor, tol: float = 1e-2, timer=None) -> dict:
