@@ -48,40 +48,40 @@ class _Recorder:
 
 def launches(layers=LAYERS, tokens=TOKENS, bits_list=(2, 4)) -> dict:
     """{name: (kernel name, signature, constexprs, attrs, options)} of every distinct launch that ``quant_matmul``,
-    ``quantize_pack`` and TTQ's per-call step (``column_scale``, ``online_matmul``) make for these layers and token counts, as the backend dispatches them on a GPU of SMS
-    SMs (heuristic tiles, bf16 activations, a column scale), recorded instead of run."""
+    ``quantize_pack`` and TTQ's per-call step (``column_scale``, ``online_matmul``) make for these layers and token
+    counts, as the backend dispatches them on a GPU of SMS SMs (heuristic tiles, bf16 activations, a column scale),
+    recorded instead of run."""
     from vla_ttq.kernels import reference, triton_backend as tb
+    from vla_ttq.kernels.bench import backend_set
     tk = tb._tk()
     names = [n for n, v in vars(tk).items() if hasattr(v, "arg_names") and hasattr(v, "fn")]
     recorded, saved = [], {n: getattr(tk, n) for n in names}
-    sms = tb._num_sms
+    out = {}
     try:
         for n in names:
             setattr(tk, n, _Recorder(saved[n], recorded))
-        tb._num_sms = lambda device: SMS
-        out = {}
-        for (layer, (N, K)), bits in itertools.product(layers.items(), bits_list):
-            w = torch.randn(N, K)
-            cs = torch.rand(K) + 0.5
-            packed = tb.prepare(reference.quantize_pack(w, cs, bits, 64))
-            calls = [(f"quantize {layer} W{bits}", lambda: tb.quantize_pack(w, cs, bits, 64))]
-            for m in tokens:
-                x = torch.randn(m, K, dtype=torch.bfloat16)
-                calls += [(f"{layer} W{bits} M={m}", lambda x=x: tb.quant_matmul(x, packed, cs)),
-                          (f"TTQ step {layer} W{bits} M={m}", lambda x=x: tb.online_matmul(
-                              x, w.to(torch.bfloat16), tb.column_scale(x), None, None, bits, 64))]
-            for name, call in calls:
-                recorded.clear()
-                call()
-                for fn, args, kw in recorded:
-                    compiled_as = _specialize(fn, args, kw)
-                    if compiled_as not in out.values():  # compared by value: the same kernel, specialised alike
-                        out[f"{name}: {fn.__name__}"] = compiled_as
-        return out
+        with backend_set(_num_sms=lambda device: SMS):
+            for (layer, (N, K)), bits in itertools.product(layers.items(), bits_list):
+                w = torch.randn(N, K)
+                cs = torch.rand(K) + 0.5
+                packed = tb.prepare(reference.quantize_pack(w, cs, bits, 64))
+                calls = [(f"quantize {layer} W{bits}", lambda: tb.quantize_pack(w, cs, bits, 64))]
+                for m in tokens:
+                    x = torch.randn(m, K, dtype=torch.bfloat16)
+                    calls += [(f"{layer} W{bits} M={m}", lambda x=x: tb.quant_matmul(x, packed, cs)),
+                              (f"TTQ step {layer} W{bits} M={m}", lambda x=x: tb.online_matmul(
+                                  x, w.to(torch.bfloat16), tb.column_scale(x), None, None, bits, 64))]
+                for name, call in calls:
+                    recorded.clear()
+                    call()
+                    for fn, args, kw in recorded:
+                        compiled_as = _specialize(fn, args, kw)
+                        if compiled_as not in out.values():  # by value: the same kernel, specialised alike
+                            out[f"{name}: {fn.__name__}"] = compiled_as
     finally:
         for n in names:
             setattr(tk, n, saved[n])
-        tb._num_sms = sms
+    return out
 
 
 def _target():
@@ -116,10 +116,9 @@ def sass_of(cubin: bytes) -> tuple[list[str], int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run([tool, "-sass", "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
     instructions = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", text)]
-    return instructions, int(re.search(r"REG:(\d+)", usage).group(1))
+    return instructions, int(re.search(r"REG:(\d+)", text).group(1))
 
 
 def measure(tree: str, layers=LAYERS, tokens=TOKENS, bits=(2, 4)) -> dict:
